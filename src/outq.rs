@@ -115,6 +115,22 @@ impl OutQueue {
         self.bytes = 0;
     }
 
+    /// Drop every chunk not yet started, keeping a partially written front chunk intact so
+    /// the byte stream stays well-formed (a half-sent WebSocket frame must be completed
+    /// before a close frame can follow it). Used when a slow consumer is cut off.
+    pub fn discard_unstarted(&mut self) {
+        if self.head_off > 0 {
+            let front = self.chunks.pop_front();
+            self.chunks.clear();
+            if let Some(f) = front {
+                self.bytes = f.as_slice().len() - self.head_off;
+                self.chunks.push_back(f);
+            }
+        } else {
+            self.clear();
+        }
+    }
+
     /// Write as much as the socket takes, up to `budget` bytes. `EINTR` is retried;
     /// other errors are returned for the caller to close the connection.
     pub fn write_to<W: Write>(&mut self, w: &mut W, budget: usize) -> io::Result<Flush> {
@@ -214,6 +230,26 @@ mod tests {
         assert_eq!(w.got, b"hello shared world");
         assert!(q.is_empty());
         assert_eq!(q.chunks(), 0);
+    }
+
+    #[test]
+    fn discard_keeps_partial_front() {
+        let mut q = OutQueue::new();
+        q.push(vec![1u8; 20_000]);
+        q.push(vec![2u8; 20_000]);
+        let mut w = Trickle {
+            got: vec![],
+            cap: 5,
+            calls_left: 1,
+        };
+        q.write_to(&mut w, usize::MAX).unwrap();
+        q.discard_unstarted();
+        assert_eq!(q.bytes(), 19_995);
+        assert_eq!(q.chunks(), 1);
+        let mut q2 = OutQueue::new();
+        q2.push(vec![1u8; 10]);
+        q2.discard_unstarted();
+        assert!(q2.is_empty());
     }
 
     #[test]

@@ -1,0 +1,647 @@
+//! One client connection: its socket, input buffer, output queue, phase and deadline.
+//!
+//! A connection is an explicit state machine (STYLE.md habit 10):
+//!
+//! ```text
+//!   Http ──(101 Accept)──▶ Ws ──(close sent / received)──▶ closing ─▶ reaped
+//!     │  └─(StartSse)────▶ Sse ─────────────────────────────▶ closing ─▶ reaped
+//!     └─(error, Connection: close, EOF)──────────────────────▶ closing ─▶ reaped
+//! ```
+//!
+//! The connection computes its own interest (readable unless throttled, writable only while
+//! the queue holds bytes) and its own next deadline; the loop applies both. It never touches
+//! the registry or the slab, and it only writes through its `OutQueue`.
+
+use std::io::{self, Read};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use log::debug;
+use mio::net::TcpStream;
+use mio::Interest;
+
+use crate::config::Config;
+use crate::error::{HttpError, WsClose};
+use crate::http::request::{BodyDecoder, BodyKind, Head, HeadParser, Limits};
+use crate::http::response::CONTINUE_100;
+use crate::ids::ConnId;
+use crate::outq::{Flush, OutQueue};
+use crate::relay::io::Endpoint;
+use crate::ws::link::{frame_text_into, Link, WsEvent, WsLimits};
+
+/// How long we wait for the peer's close frame (or for our last bytes to drain) after we
+/// started closing, before dropping TCP anyway.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// The phase a connection is in, with the data that only that phase needs.
+pub enum Phase {
+    Http(HttpPhase),
+    Ws(WsPhase),
+    Sse(SsePhase),
+}
+
+impl Phase {
+    fn name(&self) -> &'static str {
+        match self {
+            Phase::Http(_) => "http",
+            Phase::Ws(_) => "ws",
+            Phase::Sse(_) => "sse",
+        }
+    }
+}
+
+pub struct HttpPhase {
+    parser: HeadParser,
+    /// A head whose body is still arriving.
+    body: Option<PendingBody>,
+    /// A request is with the relay; further pipelined requests wait in `inbuf`.
+    pub awaiting: bool,
+    /// When the current head started arriving (slowloris deadline), or the body's deadline.
+    head_started: Option<Instant>,
+    /// When the connection last became idle between requests (keep-alive deadline).
+    idle_since: Instant,
+    /// The peer half-closed; finish what is buffered, then close.
+    peer_eof: bool,
+    /// Keep-alive, HEAD-ness and version of the request in flight, for its response.
+    pub cur_keep_alive: bool,
+    pub cur_head: bool,
+    pub cur_minor: u8,
+}
+
+struct PendingBody {
+    head: Head,
+    decoder: BodyDecoder,
+    body: Vec<u8>,
+    started: Instant,
+}
+
+pub struct WsPhase {
+    pub link: Link,
+    pub endpoint: Endpoint,
+    last_rx: Instant,
+    next_ping: Option<Instant>,
+    ping_interval: Option<Duration>,
+    idle_timeout: Option<Duration>,
+}
+
+pub struct SsePhase {
+    next_keepalive: Instant,
+    interval: Duration,
+}
+
+/// What one step of HTTP processing produced.
+pub enum HttpStep {
+    /// Nothing complete yet (or a request is already in flight).
+    Idle,
+    /// A complete request for the loop to route.
+    Request(Head, Vec<u8>),
+    /// A framing error: answer it and close.
+    Error(HttpError),
+}
+
+/// What a due deadline means for this connection.
+pub enum Due {
+    /// Nothing to do (a stale wake-up).
+    Nothing,
+    /// The slowloris head deadline passed: answer 408 and close.
+    HeadTimeout,
+    /// Close at once, without ceremony (idle keep-alive, linger over, dead peer).
+    Drop(&'static str),
+    /// A WebSocket peer went quiet for too long: close it with this.
+    WsIdle,
+    /// The output queue stayed over its soft limit past the grace period.
+    SlowConsumer,
+}
+
+pub struct Conn {
+    pub id: ConnId,
+    pub sock: TcpStream,
+    pub peer: SocketAddr,
+    pub phase: Phase,
+    pub inbuf: Vec<u8>,
+    pub outq: OutQueue,
+    /// Interest currently registered with the poller (None = not registered).
+    pub registered: Option<Interest>,
+    /// Close once the queue is flushed (or the linger deadline passes).
+    pub closing_since: Option<Instant>,
+    /// Marked for removal at the end of the turn.
+    pub dead: bool,
+    /// The relay has seen this connection, so it must hear of its end.
+    pub relay_known: bool,
+    /// The earliest deadline currently armed in the loop's heap for this connection.
+    pub armed: Option<Instant>,
+    /// Reading stopped because of a budget or buffer cap: try again without a new edge.
+    pub read_pending: bool,
+    /// The peer sent EOF.
+    pub eof: bool,
+    /// Our write side is shut (lingering close: we wait for the peer's EOF so that unread
+    /// input does not turn our last response into a reset).
+    pub wr_shut: bool,
+    /// The `Sec-WebSocket-Accept` value of an upgrade the relay is deciding on.
+    pub pending_accept: Option<String>,
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+fn interrupted(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::Interrupted
+}
+
+/// Result of draining the socket.
+pub struct ReadResult {
+    pub bytes: usize,
+    /// A hard error (reset): drop the connection.
+    pub error: bool,
+}
+
+impl Conn {
+    pub fn new(id: ConnId, sock: TcpStream, peer: SocketAddr, now: Instant) -> Conn {
+        Conn {
+            id,
+            sock,
+            peer,
+            phase: Phase::Http(HttpPhase {
+                parser: HeadParser::new(),
+                body: None,
+                awaiting: false,
+                head_started: None,
+                idle_since: now,
+                peer_eof: false,
+                cur_keep_alive: true,
+                cur_head: false,
+                cur_minor: 1,
+            }),
+            inbuf: Vec::new(),
+            outq: OutQueue::new(),
+            registered: None,
+            closing_since: None,
+            dead: false,
+            relay_known: false,
+            armed: None,
+            read_pending: false,
+            eof: false,
+            wr_shut: false,
+            pending_accept: None,
+        }
+    }
+
+    fn set_phase(&mut self, next: Phase) {
+        debug!("{} {} {} -> {}", self.id, self.peer, self.phase.name(), next.name());
+        self.phase = next;
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing_since.is_some() || self.dead
+    }
+
+    /// The interest this connection needs now (STYLE.md habit 2).
+    pub fn interest(&self) -> Interest {
+        let want_write = !self.outq.is_empty();
+        if want_write {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        }
+    }
+
+    /// How many bytes the input buffer may hold in the current phase before we stop reading.
+    fn read_cap(&self, cfg: &Config) -> usize {
+        match &self.phase {
+            Phase::Http(h) if h.awaiting => cfg.max_head_bytes.max(4096) * 2,
+            Phase::Http(_) => cfg.max_head_bytes + cfg.read_budget_bytes,
+            // tungstenite keeps partial frames in its own buffer; ours only stages reads.
+            Phase::Ws(_) => cfg.read_budget_bytes + 64 * 1024,
+            // Nothing is expected from an SSE client; read only to notice EOF.
+            Phase::Sse(_) => 64 * 1024,
+        }
+    }
+
+    /// Read until WouldBlock, the per-turn budget, or the buffer cap (STYLE.md habit 3).
+    pub fn read_socket(&mut self, cfg: &Config) -> ReadResult {
+        let cap = self.read_cap(cfg);
+        let mut total = 0usize;
+        self.read_pending = false;
+        if self.eof {
+            return ReadResult {
+                bytes: 0,
+                error: false,
+            };
+        }
+        loop {
+            if total >= cfg.read_budget_bytes || self.inbuf.len() >= cap {
+                // Stopped by us, not by the socket: the edge will not repeat, so remember.
+                self.read_pending = true;
+                break;
+            }
+            let room = (cap - self.inbuf.len()).min(64 * 1024);
+            let old = self.inbuf.len();
+            self.inbuf.resize(old + room, 0);
+            match self.sock.read(&mut self.inbuf[old..]) {
+                Ok(0) => {
+                    self.inbuf.truncate(old);
+                    self.eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    self.inbuf.truncate(old + n);
+                    total += n;
+                }
+                Err(e) if interrupted(&e) => {
+                    self.inbuf.truncate(old);
+                }
+                Err(e) if would_block(&e) => {
+                    self.inbuf.truncate(old);
+                    break;
+                }
+                Err(e) => {
+                    self.inbuf.truncate(old);
+                    debug!("{} {} read error: {e}", self.id, self.peer);
+                    return ReadResult {
+                        bytes: total,
+                        error: true,
+                    };
+                }
+            }
+        }
+        if matches!(self.phase, Phase::Sse(_)) || self.closing_since.is_some() {
+            // An SSE client has nothing to say, and a closing connection reads only to see
+            // the peer's EOF: discard whatever arrives.
+            self.inbuf.clear();
+        }
+        ReadResult {
+            bytes: total,
+            error: false,
+        }
+    }
+
+    /// Advance HTTP framing over the buffered bytes: at most one request leaves per call,
+    /// and none while another is in flight (responses go out in request order).
+    pub fn http_step(&mut self, cfg: &Config, now: Instant) -> HttpStep {
+        let limits = Limits {
+            max_head_bytes: cfg.max_head_bytes,
+            max_headers: cfg.max_headers,
+            max_body_bytes: cfg.max_body_bytes as u64,
+        };
+        let Phase::Http(h) = &mut self.phase else {
+            return HttpStep::Idle;
+        };
+        if h.awaiting || self.closing_since.is_some() {
+            return HttpStep::Idle;
+        }
+        if h.body.is_none() {
+            if self.inbuf.is_empty() {
+                h.head_started = None;
+                return HttpStep::Idle;
+            }
+            if h.head_started.is_none() {
+                h.head_started = Some(now);
+            }
+            match h.parser.parse(&self.inbuf, &limits) {
+                Ok(None) => return HttpStep::Idle,
+                Err(e) => return HttpStep::Error(e),
+                Ok(Some((head, n))) => {
+                    self.inbuf.drain(..n);
+                    h.parser.reset();
+                    h.head_started = None;
+                    match head.body {
+                        BodyKind::None | BodyKind::Length(0) => {
+                            h.awaiting = true;
+                            h.cur_keep_alive = head.keep_alive && !h.peer_eof;
+                            h.cur_head = head.method == crate::http::request::Method::Head;
+                            h.cur_minor = head.minor_version;
+                            return HttpStep::Request(head, Vec::new());
+                        }
+                        _ => {
+                            // RFC 9110 §10.1.1: send 100 only if the body has not started.
+                            if head.expect_continue && self.inbuf.is_empty() {
+                                self.outq.push_slice(CONTINUE_100);
+                            }
+                            let decoder = BodyDecoder::new(&head.body, cfg.max_body_bytes as u64);
+                            let cap = match head.body {
+                                BodyKind::Length(n) => n.min(1 << 20) as usize,
+                                _ => 0,
+                            };
+                            h.body = Some(PendingBody {
+                                head,
+                                decoder,
+                                body: Vec::with_capacity(cap),
+                                started: now,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(pb) = h.body.as_mut() {
+            match pb.decoder.decode(&self.inbuf, &mut pb.body) {
+                Err(e) => return HttpStep::Error(e),
+                Ok((used, done)) => {
+                    self.inbuf.drain(..used);
+                    if done {
+                        if let Some(pb) = h.body.take() {
+                            h.awaiting = true;
+                            h.cur_keep_alive = pb.head.keep_alive && !h.peer_eof;
+                            h.cur_head = false;
+                            h.cur_minor = pb.head.minor_version;
+                            return HttpStep::Request(pb.head, pb.body);
+                        }
+                    }
+                }
+            }
+        }
+        HttpStep::Idle
+    }
+
+    /// The request in flight was answered; the connection may read its next one.
+    pub fn http_done(&mut self, now: Instant) {
+        if let Phase::Http(h) = &mut self.phase {
+            h.awaiting = false;
+            h.idle_since = now;
+        }
+        self.read_pending = true;
+    }
+
+    /// (keep-alive, HEAD request, HTTP minor version) of the request in flight.
+    pub fn http_meta(&self) -> (bool, bool, u8) {
+        match &self.phase {
+            Phase::Http(h) => (h.cur_keep_alive && !self.eof, h.cur_head, h.cur_minor),
+            _ => (false, false, 1),
+        }
+    }
+
+    pub fn http_awaiting(&self) -> bool {
+        matches!(&self.phase, Phase::Http(h) if h.awaiting)
+    }
+
+    /// EOF while in HTTP: finish the exchange in flight, then close.
+    pub fn http_eof_should_close(&mut self) -> bool {
+        match &mut self.phase {
+            Phase::Http(h) => {
+                h.peer_eof = true;
+                !h.awaiting
+            }
+            _ => true,
+        }
+    }
+
+    pub fn upgrade_ws(&mut self, endpoint: Endpoint, cfg: &Config, now: Instant) {
+        let (limits, ping, idle) = ws_settings(endpoint, cfg);
+        self.set_phase(Phase::Ws(WsPhase {
+            link: Link::new(limits),
+            endpoint,
+            last_rx: now,
+            next_ping: ping.map(|p| now + p),
+            ping_interval: ping,
+            idle_timeout: idle,
+        }));
+        // Bytes that followed the handshake in the same read are frames: keep them.
+        self.read_pending = true;
+    }
+
+    pub fn start_sse(&mut self, cfg: &Config, now: Instant) {
+        self.set_phase(Phase::Sse(SsePhase {
+            next_keepalive: now + cfg.sse_keepalive,
+            interval: cfg.sse_keepalive,
+        }));
+        self.inbuf.clear();
+    }
+
+    pub fn endpoint(&self) -> Option<Endpoint> {
+        match &self.phase {
+            Phase::Ws(w) => Some(w.endpoint),
+            _ => None,
+        }
+    }
+
+    pub fn is_sse(&self) -> bool {
+        matches!(self.phase, Phase::Sse(_))
+    }
+
+    /// Parse WebSocket messages from the buffer (bounded per call for fairness).
+    /// Returns Ok(true) if the message budget stopped it.
+    pub fn ws_read(
+        &mut self,
+        events: &mut Vec<WsEvent>,
+        max_messages: usize,
+        now: Instant,
+    ) -> Result<bool, WsClose> {
+        let Phase::Ws(w) = &mut self.phase else {
+            return Ok(false);
+        };
+        if self.inbuf.is_empty() {
+            return Ok(false);
+        }
+        w.last_rx = now;
+        let mut out = Vec::new();
+        let r = w.link.read(&mut self.inbuf, &mut out, events, max_messages);
+        self.outq.push(out);
+        if matches!(r, Ok(true)) {
+            self.read_pending = true;
+        }
+        r
+    }
+
+    /// Queue one text message, framing it here; the payload is moved, not copied.
+    pub fn ws_send_owned(&mut self, payload: Vec<u8>) {
+        if self.is_closing() {
+            return;
+        }
+        let mut head = Vec::with_capacity(10);
+        frame_text_into(payload.len(), &mut head);
+        self.outq.push(head);
+        self.outq.push(payload);
+    }
+
+    /// Start the closing handshake (WebSocket) or end the stream, then linger.
+    pub fn close_with(&mut self, close: &WsClose, now: Instant) {
+        if self.is_closing() {
+            return;
+        }
+        match &mut self.phase {
+            Phase::Ws(w) => {
+                let mut out = Vec::new();
+                w.link.close(close, &mut out);
+                self.outq.push(out);
+            }
+            Phase::Sse(_) | Phase::Http(_) => {}
+        }
+        self.begin_close(now);
+    }
+
+    /// Stop reading requests; close once the queue drains or the linger passes.
+    pub fn begin_close(&mut self, now: Instant) {
+        if self.closing_since.is_none() {
+            debug!("{} {} closing ({})", self.id, self.peer, self.phase.name());
+            self.closing_since = Some(now);
+        }
+    }
+
+    /// Write what the socket takes. Returns Err on a hard error (drop the connection).
+    pub fn flush(&mut self, budget: usize) -> io::Result<Flush> {
+        self.outq.write_to(&mut self.sock, budget)
+    }
+
+    /// The earliest instant at which this connection needs attention.
+    pub fn deadline(&self, cfg: &Config) -> Option<Instant> {
+        let mut d: Option<Instant> = None;
+        let mut at = |t: Instant| {
+            d = Some(match d {
+                Some(x) if x <= t => x,
+                _ => t,
+            })
+        };
+        if let Some(s) = self.closing_since {
+            at(s + CLOSE_LINGER);
+            return d;
+        }
+        if let Some(s) = self.outq.soft_since {
+            at(s + cfg.slow_consumer_grace);
+        }
+        match &self.phase {
+            Phase::Http(h) => {
+                if let Some(pb) = &h.body {
+                    at(pb.started + cfg.request_body_timeout);
+                } else if let Some(s) = h.head_started {
+                    at(s + cfg.head_timeout);
+                } else if !h.awaiting {
+                    at(h.idle_since + cfg.keepalive_timeout);
+                }
+            }
+            Phase::Ws(w) => {
+                if let Some(p) = w.next_ping {
+                    at(p);
+                }
+                if let Some(i) = w.idle_timeout {
+                    at(w.last_rx + i);
+                }
+            }
+            Phase::Sse(s) => at(s.next_keepalive),
+        }
+        d
+    }
+
+    /// Act on a due deadline. Periodic work (pings, keepalives) is done here directly;
+    /// anything that ends the connection is returned for the loop to carry out.
+    pub fn on_deadline(&mut self, now: Instant, cfg: &Config) -> Due {
+        if let Some(s) = self.closing_since {
+            return if now >= s + CLOSE_LINGER {
+                Due::Drop("close linger over")
+            } else {
+                Due::Nothing
+            };
+        }
+        if let Some(s) = self.outq.soft_since {
+            if now >= s + cfg.slow_consumer_grace {
+                return Due::SlowConsumer;
+            }
+        }
+        match &mut self.phase {
+            Phase::Http(h) => {
+                if let Some(pb) = &h.body {
+                    if now >= pb.started + cfg.request_body_timeout {
+                        return Due::HeadTimeout;
+                    }
+                } else if let Some(s) = h.head_started {
+                    if now >= s + cfg.head_timeout {
+                        return Due::HeadTimeout;
+                    }
+                } else if !h.awaiting && now >= h.idle_since + cfg.keepalive_timeout {
+                    return Due::Drop("keep-alive idle timeout");
+                }
+                Due::Nothing
+            }
+            Phase::Ws(w) => {
+                if let Some(i) = w.idle_timeout {
+                    if now >= w.last_rx + i {
+                        return Due::WsIdle;
+                    }
+                }
+                if let (Some(p), Some(iv)) = (w.next_ping, w.ping_interval) {
+                    if now >= p {
+                        let mut out = Vec::new();
+                        w.link.ping(b"keepalive", &mut out);
+                        self.outq.push(out);
+                        w.next_ping = Some(now + iv);
+                    }
+                }
+                Due::Nothing
+            }
+            Phase::Sse(s) => {
+                if now >= s.next_keepalive {
+                    self.outq.push_slice(b": keepalive\n\n");
+                    s.next_keepalive = now + s.interval;
+                }
+                Due::Nothing
+            }
+        }
+    }
+
+    /// Apply the queue limits after new output was queued. Returns true if the connection is
+    /// now a slow consumer over its hard limit.
+    pub fn over_hard_limit(&mut self, cfg: &Config, now: Instant) -> bool {
+        let (hard_bytes, hard_msgs) = match &self.phase {
+            Phase::Ws(w) => match w.endpoint {
+                Endpoint::Module => (cfg.module_outq_hard_bytes, usize::MAX),
+                Endpoint::Events => (cfg.outq_hard_bytes, cfg.events_max_queue_messages),
+                Endpoint::Api => (cfg.outq_hard_bytes, cfg.outq_hard_messages),
+                Endpoint::Echo => (usize::MAX, usize::MAX),
+            },
+            Phase::Sse(_) => (cfg.outq_hard_bytes, cfg.outq_hard_messages),
+            // Our own responses: bounded by the body cap, never a slow consumer.
+            Phase::Http(_) => return false,
+        };
+        let bytes = self.outq.bytes();
+        if bytes > cfg.outq_soft_bytes {
+            if self.outq.soft_since.is_none() {
+                self.outq.soft_since = Some(now);
+            }
+        } else {
+            self.outq.soft_since = None;
+        }
+        bytes > hard_bytes || self.outq.chunks() > hard_msgs
+    }
+}
+
+/// Frame limits, ping interval and idle timeout for an endpoint.
+pub fn ws_settings(
+    endpoint: Endpoint,
+    cfg: &Config,
+) -> (WsLimits, Option<Duration>, Option<Duration>) {
+    match endpoint {
+        Endpoint::Module => (
+            WsLimits {
+                max_message: cfg.module_max_message,
+                max_frame: cfg.module_max_frame,
+            },
+            Some(cfg.module_ping_interval),
+            Some(cfg.module_idle_timeout),
+        ),
+        Endpoint::Api => (
+            WsLimits {
+                max_message: cfg.api_max_message,
+                max_frame: cfg.api_max_frame,
+            },
+            Some(cfg.api_ping_interval),
+            Some(cfg.api_idle_timeout),
+        ),
+        Endpoint::Events => (
+            WsLimits {
+                max_message: cfg.events_max_frame,
+                max_frame: cfg.events_max_frame,
+            },
+            Some(cfg.events_ping_interval),
+            Some(cfg.events_pong_timeout),
+        ),
+        // Autobahn: no heartbeat during a case (tools/README.md), 16 MiB messages.
+        Endpoint::Echo => (
+            WsLimits {
+                max_message: cfg.echo_max_message,
+                max_frame: cfg.echo_max_message,
+            },
+            None,
+            None,
+        ),
+    }
+}

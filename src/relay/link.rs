@@ -1,0 +1,413 @@
+//! The `/relay` world link: the Foundry module's side of the wire (module-protocol.md).
+//!
+//! ```text
+//!  upgrade (query: id + metadata) ─▶ ModuleAuth ──auth ok, no duplicate──▶ Module ──close──▶ gone
+//!                                        │  └─ bad message / token / timeout ─▶ close 4002
+//!                                        └─ duplicate from another host ─────▶ close 4004
+//! ```
+//!
+//! Close codes are a contract with the module (module-protocol.md §1.6): 1008/4001/4002 make
+//! it forget its token, 1000 stops it for good, 4004 makes it poll every 30 s. So refusals of
+//! a token use 4002, and transient conditions (shutdown, overload) never use those codes.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+use log::{debug, info, warn};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::io::{Action, Bytes, Endpoint, Timer};
+use super::pending::{Caller, Waiter};
+use super::world::{Duplicate, Live, Meta};
+use super::{Relay, Role};
+use crate::auth::TokenError;
+use crate::error::WsClose;
+use crate::http::request::Head;
+use crate::http::response::Response;
+use crate::ids::ConnId;
+use crate::store::KnownWorld;
+
+/// The fields we read from every module message. serde skips the rest without building
+/// values, so a 64 MiB reply is scanned once and never copied into a tree.
+#[derive(Deserialize)]
+struct Peek<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "requestId")]
+    request_id: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct AuthMsg {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    token: Option<String>,
+}
+
+const EVENT_TYPES: [&str; 6] = [
+    "chat-event",
+    "roll-data",
+    "hook-event",
+    "combat-event",
+    "actor-event",
+    "scene-event",
+];
+
+impl Relay {
+    /// A `/relay` (or `/relay/`, or `/` with Upgrade) upgrade: check the query before
+    /// upgrading (relay-protocol.md §1.2), then wait for the first message.
+    pub(crate) fn module_upgrade(
+        &mut self,
+        conn: ConnId,
+        peer: IpAddr,
+        head: &Head,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let meta = match Meta::from_query(&head.query) {
+            Ok(m) => m,
+            Err(e) => {
+                out.push(Action::Respond {
+                    conn,
+                    resp: Response::text(400, "text/plain; charset=utf-8", e.message()),
+                });
+                return;
+            }
+        };
+        debug!("{conn} {peer}: module upgrade for {}", meta.client_id);
+        self.roles.insert(conn, Role::ModuleAuth { meta, peer });
+        out.push(Action::Accept {
+            conn,
+            endpoint: Endpoint::Module,
+        });
+        out.push(Action::Arm {
+            at: now + self.cfg.auth_timeout,
+            timer: Timer::Auth(conn),
+        });
+    }
+
+    /// The first message on a module link must be `{"type":"auth","token":…}`.
+    pub(crate) fn module_auth(
+        &mut self,
+        conn: ConnId,
+        text: &str,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(Role::ModuleAuth { meta, peer }) = self.roles.get(&conn).cloned() else {
+            return;
+        };
+        let refuse = |out: &mut Vec<Action>, reason: &'static str| {
+            out.push(Action::Close {
+                conn,
+                close: WsClose::new(4002, reason),
+            });
+        };
+        let msg: Option<AuthMsg> = serde_json::from_str(text).ok();
+        let token = match msg {
+            Some(AuthMsg {
+                kind: Some(k),
+                token: Some(t),
+            }) if k == "auth" && !t.is_empty() => t,
+            _ => {
+                self.roles.remove(&conn);
+                return refuse(out, "Invalid auth message");
+            }
+        };
+        match self
+            .state
+            .check_connection_token(&token, &meta.client_id, peer)
+        {
+            Ok(_) => {}
+            Err(e) => {
+                self.roles.remove(&conn);
+                let reason = match e {
+                    TokenError::IpNotAllowed => "IP address not allowed",
+                    TokenError::Invalid | TokenError::WrongClient => "Authentication failed",
+                };
+                info!(
+                    "{conn} {peer}: module auth refused for {}: {reason}",
+                    meta.client_id
+                );
+                return refuse(out, reason);
+            }
+        }
+        // Duplicate check before auth-success (api-surface.md bug 12).
+        match self.worlds.duplicate(&meta.client_id, peer) {
+            Duplicate::None => {}
+            Duplicate::ReplaceOld(old) => {
+                info!(
+                    "{conn} {peer}: {} reconnected; replacing its old link {old}",
+                    meta.client_id
+                );
+                // The old socket is stale (same host reconnected). It is told 1000 so that,
+                // should it still be alive, it does not fight the new one for the slot.
+                self.module_closed(old, now, out);
+                self.roles.remove(&old);
+                out.push(Action::Close {
+                    conn: old,
+                    close: WsClose::new(1000, "Replaced by reconnect"),
+                });
+            }
+            Duplicate::RejectNew => {
+                self.roles.remove(&conn);
+                info!(
+                    "{conn} {peer}: {} already connected from another host",
+                    meta.client_id
+                );
+                out.push(Action::Close {
+                    conn,
+                    close: WsClose::new(4004, "Client ID already connected"),
+                });
+                return;
+            }
+        }
+        let now_ms = self.clock.ms(now);
+        self.roles.insert(conn, Role::Module);
+        info!(
+            "{conn} {peer}: world {} connected ({} / {} {} / Foundry {})",
+            meta.client_id, meta.world_title, meta.system_id, meta.system_version, meta.foundry_version
+        );
+        self.remember_world(&meta, now_ms, out);
+        self.worlds.insert(Live {
+            conn,
+            meta,
+            peer,
+            connected_since_ms: now_ms,
+            last_seen_ms: now_ms,
+            users: Value::Null,
+        });
+        out.push(Action::Text {
+            conn,
+            payload: Bytes::Owned(br#"{"type":"auth-success"}"#.to_vec()),
+        });
+        // Subscriber counts go only after auth-success (the module drops them before).
+        self.after_module_auth(conn, now, out);
+    }
+
+    /// Record (or refresh) the paired world's metadata in the durable state.
+    fn remember_world(&mut self, meta: &Meta, now_ms: u64, out: &mut Vec<Action>) {
+        let existing = self
+            .state
+            .worlds
+            .iter()
+            .find(|w| w.client_id == meta.client_id)
+            .cloned();
+        let mut w = existing.unwrap_or_else(|| KnownWorld {
+            client_id: meta.client_id.clone(),
+            paired_ms: now_ms,
+            ..KnownWorld::default()
+        });
+        let changed = w.world_id != meta.world_id
+            || w.world_title != meta.world_title
+            || w.system_id != meta.system_id
+            || w.system_title != meta.system_title
+            || w.system_version != meta.system_version
+            || w.foundry_version != meta.foundry_version
+            || w.custom_name != meta.custom_name;
+        w.world_id = meta.world_id.clone();
+        w.world_title = meta.world_title.clone();
+        w.system_id = meta.system_id.clone();
+        w.system_title = meta.system_title.clone();
+        w.system_version = meta.system_version.clone();
+        w.foundry_version = meta.foundry_version.clone();
+        w.custom_name = meta.custom_name.clone();
+        w.last_seen_ms = Some(now_ms);
+        self.state.upsert_world(w);
+        // lastSeen alone is not worth a disk write on every reconnect; metadata is.
+        if changed {
+            out.push(Action::Persist);
+        }
+    }
+
+    /// Any message after auth.
+    pub(crate) fn module_message(
+        &mut self,
+        conn: ConnId,
+        text: String,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let now_ms = self.clock.ms(now);
+        if let Some(l) = self.worlds.by_conn_mut(conn) {
+            l.last_seen_ms = now_ms;
+        }
+        let (kind, request_id) = match serde_json::from_str::<Peek>(&text) {
+            Ok(p) => (
+                p.kind.map(|c| c.into_owned()),
+                p.request_id.map(|c| c.into_owned()),
+            ),
+            Err(_) => {
+                debug!("{conn}: module sent a message that is not a JSON object; ignored");
+                return;
+            }
+        };
+        // Replies first, matched by requestId alone (module-protocol.md §6 item 6).
+        if let Some(rid) = &request_id {
+            if let Some(w) = self.pending.take_reply(rid, conn) {
+                self.deliver_reply(w, text, now, out);
+                return;
+            }
+        }
+        let kind = kind.unwrap_or_default();
+        match kind.as_str() {
+            "ping" => out.push(Action::Text {
+                conn,
+                payload: Bytes::Owned(br#"{"type":"pong"}"#.to_vec()),
+            }),
+            "pong" => {}
+            t if EVENT_TYPES.contains(&t) => self.module_event(conn, &kind, &text, now, out),
+            "player-list" => {
+                if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                    if let Some(l) = self.worlds.by_conn_mut(conn) {
+                        l.users = v.get("users").cloned().unwrap_or(Value::Null);
+                    }
+                }
+            }
+            "module-notify" => {
+                if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                    info!(
+                        "{conn}: module notice: {} {}",
+                        v.get("event").and_then(Value::as_str).unwrap_or(""),
+                        v.get("details").and_then(Value::as_str).unwrap_or("")
+                    );
+                }
+            }
+            "get-known-clients" => {
+                let clients = self.clients_json(None, now);
+                let reply = json!({
+                    "type": "known-clients-result",
+                    "requestId": request_id,
+                    "clients": clients,
+                    "tokenScopes": [],
+                    "tokenAllowedTargets": [],
+                });
+                out.push(Action::Text {
+                    conn,
+                    payload: Bytes::Owned(reply.to_string().into_bytes()),
+                });
+            }
+            "remote-request" => {
+                // Cross-world tunnelling needs per-token target grants, which pairing does
+                // not issue yet: answer at once so the module does not wait 60 s.
+                let reply = json!({
+                    "type": "remote-response",
+                    "requestId": request_id,
+                    "success": false,
+                    "error": "Cross-world requests are not enabled on this relay",
+                });
+                out.push(Action::Text {
+                    conn,
+                    payload: Bytes::Owned(reply.to_string().into_bytes()),
+                });
+            }
+            other => {
+                // Includes late replies whose caller left or timed out. Never echoed to
+                // other worlds (the reference re-broadcasts; we do not).
+                debug!("{conn}: module message of type {other:?} ignored");
+            }
+        }
+    }
+
+    /// The world link closed: the world goes offline and its waiters fail at once.
+    pub(crate) fn module_closed(&mut self, conn: ConnId, now: Instant, out: &mut Vec<Action>) {
+        let Some(live) = self.worlds.remove_conn(conn) else {
+            return;
+        };
+        info!(
+            "{conn}: world {} disconnected",
+            live.meta.client_id
+        );
+        let now_ms = self.clock.ms(now);
+        if let Some(w) = self
+            .state
+            .worlds
+            .iter()
+            .find(|w| w.client_id == live.meta.client_id)
+            .cloned()
+        {
+            let mut w = w;
+            w.last_seen_ms = Some(now_ms);
+            self.state.upsert_world(w);
+        }
+        for (_, waiter) in self.pending.take_link(conn) {
+            self.fail_waiter(waiter, 502, "Foundry client disconnected", out);
+        }
+        self.after_module_closed(&live, now, out);
+    }
+
+    /// Answer a waiter with an error (timeout, disconnect).
+    pub(crate) fn fail_waiter(
+        &mut self,
+        waiter: Waiter,
+        status: u16,
+        message: &str,
+        out: &mut Vec<Action>,
+    ) {
+        match waiter.caller {
+            Caller::Http { conn, .. } => out.push(Action::Respond {
+                conn,
+                resp: self.cors(Response::error(status, message)),
+            }),
+            Caller::WsApi {
+                conn,
+                client_request_id,
+                ws_type,
+            } => {
+                let reply = json!({
+                    "type": format!("{ws_type}-result"),
+                    "requestId": client_request_id,
+                    "clientId": waiter.world,
+                    "error": message,
+                });
+                out.push(Action::Text {
+                    conn,
+                    payload: Bytes::Owned(reply.to_string().into_bytes()),
+                });
+            }
+        }
+    }
+
+    /// A module event (`chat-event`, `roll-data`, …): parsed once, fanned out by the hub.
+    fn module_event(
+        &mut self,
+        conn: ConnId,
+        kind: &str,
+        text: &str,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(world) = self.worlds.client_of(conn).map(str::to_string) else {
+            return;
+        };
+        let data = match serde_json::from_str::<Value>(text) {
+            Ok(mut v) => v.get_mut("data").map(Value::take).unwrap_or(Value::Null),
+            Err(_) => return,
+        };
+        self.publish_event(&world, kind, data, now, out);
+    }
+
+    /// Send a pre-serialized message to a world's link.
+    pub(crate) fn send_to_world(&self, link: ConnId, msg: Vec<u8>, out: &mut Vec<Action>) {
+        out.push(Action::Text {
+            conn: link,
+            payload: Bytes::Owned(msg),
+        });
+    }
+
+    /// Send the same small message to a link as shared bytes.
+    pub(crate) fn send_shared(&self, link: ConnId, msg: Rc<[u8]>, out: &mut Vec<Action>) {
+        out.push(Action::Text {
+            conn: link,
+            payload: Bytes::Shared(msg),
+        });
+    }
+
+    #[allow(dead_code)]
+    fn warn_unused(&self) {
+        warn!("unused");
+    }
+}

@@ -1,0 +1,134 @@
+//! The relay core, sans-IO: `Relay::handle(Input, now, &mut actions)`.
+//!
+//! It owns the durable `State` (the loop saves it when asked with `Action::Persist`), the
+//! live world links, pending requests, subscriptions and rate limits. It never imports mio,
+//! sockets or files, and it never reads the clock: `now` comes in, and wall-clock
+//! milliseconds are derived from it through `Clock`, so tests can move time freely.
+//!
+//! Files: `io` (inputs/actions), `world` (live links), `link` (the `/relay` module protocol),
+//! `rest` (HTTP routes: auth, scopes, forwarding, local routes), `pending` (waiters),
+//! `forward` (pure parameter and reply shaping).
+
+pub mod events;
+pub mod forward;
+pub mod io;
+pub mod link;
+pub mod pending;
+pub mod rest;
+pub mod world;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::error::WsClose;
+use crate::http::route::RouteTable;
+use crate::ids::{ConnId, RequestIds};
+use crate::store::State;
+
+use io::{Action, Input, Timer};
+use pending::Pending;
+use world::{Meta, Worlds};
+
+/// Wall-clock milliseconds derived from the monotonic `now` passed in.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    pub base: Instant,
+    pub base_ms: u64,
+}
+
+impl Clock {
+    pub fn ms(&self, now: Instant) -> u64 {
+        self.base_ms + now.saturating_duration_since(self.base).as_millis() as u64
+    }
+}
+
+/// What the relay knows about a connection it has seen.
+#[derive(Debug, Clone)]
+pub(crate) enum Role {
+    /// A `/relay` socket waiting for its first `auth` message.
+    ModuleAuth { meta: Meta, peer: IpAddr },
+    /// An authenticated world link (its clientId is in `Worlds`).
+    Module,
+}
+
+pub struct Relay {
+    pub(crate) cfg: Config,
+    pub(crate) state: State,
+    pub(crate) routes: RouteTable,
+    pub(crate) worlds: Worlds,
+    pub(crate) pending: Pending,
+    pub(crate) req_ids: RequestIds,
+    pub(crate) roles: HashMap<ConnId, Role>,
+    pub(crate) clock: Clock,
+    pub(crate) started: Instant,
+}
+
+impl Relay {
+    pub fn new(cfg: Config, state: State, clock: Clock) -> Relay {
+        Relay {
+            cfg,
+            state,
+            routes: RouteTable::builtin(),
+            worlds: Worlds::new(),
+            pending: Pending::new(),
+            req_ids: RequestIds::new(),
+            roles: HashMap::new(),
+            clock,
+            started: clock.base,
+        }
+    }
+
+    /// The durable state, for the loop to save after `Action::Persist`.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    pub fn uptime(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.started)
+    }
+
+    pub fn handle(&mut self, input: Input<'_>, now: Instant, out: &mut Vec<Action>) {
+        match input {
+            Input::Request {
+                conn,
+                peer,
+                head,
+                body,
+            } => self.on_request(conn, peer, head, body, now, out),
+            Input::Upgrade { conn, peer, head } => self.on_upgrade(conn, peer, head, now, out),
+            Input::WsText { conn, text } => match self.roles.get(&conn) {
+                Some(Role::ModuleAuth { .. }) => self.module_auth(conn, &text, now, out),
+                Some(Role::Module) => self.module_message(conn, text, now, out),
+                None => {}
+            },
+            Input::Closed { conn } => self.on_closed(conn, now, out),
+            Input::Timer(t) => self.on_timer(t, now, out),
+        }
+    }
+
+    fn on_closed(&mut self, conn: ConnId, now: Instant, out: &mut Vec<Action>) {
+        // Waiters of a caller that left: their late replies will find nobody.
+        self.pending.drop_caller(conn);
+        match self.roles.remove(&conn) {
+            Some(Role::Module) => self.module_closed(conn, now, out),
+            Some(Role::ModuleAuth { .. }) | None => {}
+        }
+    }
+
+    fn on_timer(&mut self, t: Timer, now: Instant, out: &mut Vec<Action>) {
+        match t {
+            Timer::Auth(conn) => {
+                if let Some(Role::ModuleAuth { .. }) = self.roles.get(&conn) {
+                    out.push(Action::Close {
+                        conn,
+                        close: WsClose::new(4002, "Authentication timeout"),
+                    });
+                }
+            }
+            Timer::Request(serial) => self.request_timeout(serial, now, out),
+            Timer::Sweep => {}
+        }
+    }
+}

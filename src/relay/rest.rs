@@ -1,0 +1,621 @@
+//! HTTP routes: API-key auth, scopes, clientId resolution, forwarding to a world, and the
+//! relay-local routes (`/clients`, `/api/status`, `/api/health`, session stubs, CORS).
+//!
+//! Order for an API route (relay-protocol.md §2.1): CORS preflight → route match (404/405)
+//! → key (401) → scope (403) → parameters (400) → clientId (404/400/403) → forward, with the
+//! waiter answered by the module's reply, its timeout (408) or its world's disconnect (502).
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use log::debug;
+use serde_json::{json, Map, Value};
+
+use super::forward::{self, ParamError};
+use super::io::{Action, Timer};
+use super::pending::{Caller, Waiter};
+use super::Relay;
+use crate::auth::{AuthError, Principal};
+use crate::enc;
+use crate::http::request::{Head, Method};
+use crate::http::response::Response;
+use crate::http::route::{Kind, Match, Route};
+use crate::ids::ConnId;
+
+/// Headers a browser may read from our API responses (relay-protocol.md §6.3, plus ours).
+const EXPOSE_HEADERS: &str = "Content-Disposition, Content-Type, X-Image-Width, X-Image-Height, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, Retry-After";
+const ALLOW_HEADERS: &str = "x-api-key, content-type, authorization, x-client-id, accept, last-event-id";
+const ALLOW_METHODS: &str = "GET, POST, PUT, PATCH, DELETE, OPTIONS";
+
+/// The caller of an API route, once its key checked out.
+pub(crate) struct Caller0 {
+    pub principal: Principal,
+    pub scopes: Vec<String>,
+    pub client_ids: Vec<String>,
+    pub user_id: Option<String>,
+}
+
+impl Relay {
+    /// Add the CORS headers every API response carries.
+    pub(crate) fn cors(&self, resp: Response) -> Response {
+        resp.header("Access-Control-Allow-Origin", "*")
+            .header("Access-Control-Expose-Headers", EXPOSE_HEADERS)
+    }
+
+    pub(crate) fn on_upgrade(
+        &mut self,
+        conn: ConnId,
+        peer: IpAddr,
+        head: &Head,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let path = normalize_path(&head.path);
+        match path {
+            "/relay" | "/" => self.module_upgrade(conn, peer, head, now, out),
+            _ => out.push(Action::Respond {
+                conn,
+                resp: Response::error(404, "Not found"),
+            }),
+        }
+    }
+
+    pub(crate) fn on_request(
+        &mut self,
+        conn: ConnId,
+        _peer: IpAddr,
+        head: &Head,
+        body: Vec<u8>,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let path = normalize_path(&head.path).to_string();
+        if head.method == Method::Options {
+            out.push(Action::Respond {
+                conn,
+                resp: preflight(head),
+            });
+            return;
+        }
+        // Relay-local routes that need no key.
+        match (head.method, path.as_str()) {
+            (Method::Get | Method::Head, "/api/status") => {
+                return self.respond(conn, 200, self.status_json(now), out)
+            }
+            (Method::Get | Method::Head, "/api/health") => {
+                return self.respond(conn, 200, self.health_json(now), out)
+            }
+            (Method::Get | Method::Head, "/") => {
+                return self.respond(conn, 200, json!({"status": "ok"}), out)
+            }
+            _ => {}
+        }
+        if let Some(rest) = path.strip_prefix("/api/clients/") {
+            if let Some(id) = rest.strip_suffix("/active") {
+                if head.method == Method::Get {
+                    let id = enc::percent_decode(id).unwrap_or_default();
+                    return self.client_active(conn, &id, out);
+                }
+            }
+        }
+        let (route_idx, path_params) = match self.routes.find(head.method_raw.as_str(), &path) {
+            Match::Found(route, params) => {
+                let idx = self
+                    .routes
+                    .routes()
+                    .iter()
+                    .position(|r| std::ptr::eq(r, route))
+                    .unwrap_or(0);
+                (idx, params)
+            }
+            Match::MethodNotAllowed(allow) => {
+                let allow = allow.join(", ");
+                out.push(Action::Respond {
+                    conn,
+                    resp: self
+                        .cors(Response::error(405, "Method not allowed"))
+                        .header("Allow", allow),
+                });
+                return;
+            }
+            Match::NotFound => {
+                out.push(Action::Respond {
+                    conn,
+                    resp: self.cors(Response::error(404, "Not found")),
+                });
+                return;
+            }
+        };
+        let route = self.routes.routes()[route_idx].clone();
+        let now_ms = self.clock.ms(now);
+        let caller = match self.authenticate(head, now_ms) {
+            Ok(c) => c,
+            Err(e) => {
+                out.push(Action::Respond {
+                    conn,
+                    resp: self.cors(Response::error(401, e.message())),
+                });
+                return;
+            }
+        };
+        if !route.scope.is_empty() && !caller.scopes.iter().any(|s| s == &route.scope) {
+            let msg = format!("API key lacks required scope: {}", route.scope);
+            out.push(Action::Respond {
+                conn,
+                resp: self.cors(Response::error(403, &msg)),
+            });
+            return;
+        }
+        match route.kind {
+            Kind::Forward | Kind::Binary => {
+                self.forward_http(conn, route_idx, &route, head, body, path_params, caller, now, out)
+            }
+            Kind::Session => out.push(Action::Respond {
+                conn,
+                resp: self.cors(Response::error(
+                    501,
+                    "Headless sessions are not supported by fvtt-relay",
+                )),
+            }),
+            Kind::Local => self.local_route(conn, &route, head, &caller, now, out),
+            Kind::Sse => self.sse_route(conn, &route, head, &caller, now, out),
+            Kind::Auth | Kind::Admin => out.push(Action::Respond {
+                conn,
+                resp: self.cors(Response::error(404, "Not found")),
+            }),
+        }
+    }
+
+    fn respond(&self, conn: ConnId, status: u16, v: Value, out: &mut Vec<Action>) {
+        out.push(Action::Respond {
+            conn,
+            resp: self.cors(Response::json(status, &v)),
+        });
+    }
+
+    /// `x-api-key` (or `Authorization: Bearer`) → the caller's scopes and bindings.
+    pub(crate) fn authenticate(&mut self, head: &Head, now_ms: u64) -> Result<Caller0, AuthError> {
+        let presented = presented_key(head);
+        let principal = self.state.authenticate(presented.as_deref(), now_ms)?;
+        let scopes = self.state.principal_scopes(&principal);
+        let (client_ids, user_id) = match &principal {
+            Principal::Admin => (vec![], None),
+            Principal::Key(i) => {
+                let k = &self.state.api_keys[*i];
+                (k.client_ids.clone(), k.user_id.clone())
+            }
+        };
+        Ok(Caller0 {
+            principal,
+            scopes,
+            client_ids,
+            user_id,
+        })
+    }
+
+    /// Which world a call goes to (relay-protocol.md §2.3). Explicit (query or
+    /// `x-client-id`), else the key's single bound world, else the only connected one.
+    pub(crate) fn resolve_client(
+        &self,
+        explicit: Option<&str>,
+        caller: &Caller0,
+    ) -> Result<(String, ConnId), (u16, Value)> {
+        let explicit = explicit.filter(|s| !s.is_empty());
+        let id = match explicit {
+            Some(id) => {
+                if !caller.client_ids.is_empty() && !caller.client_ids.iter().any(|c| c == id) {
+                    return Err((
+                        403,
+                        json!({"error": "API key is not authorized for this client"}),
+                    ));
+                }
+                id.to_string()
+            }
+            None if caller.client_ids.len() == 1 => caller.client_ids[0].clone(),
+            None => {
+                let candidates: Vec<String> = self
+                    .worlds
+                    .ids()
+                    .into_iter()
+                    .filter(|id| caller.client_ids.is_empty() || caller.client_ids.contains(id))
+                    .collect();
+                match candidates.len() {
+                    0 => {
+                        return Err((404, json!({"error": "No connected Foundry clients found"})))
+                    }
+                    1 => candidates[0].clone(),
+                    _ => {
+                        return Err((
+                            400,
+                            json!({
+                                "error": "Multiple clients connected. Please specify clientId.",
+                                "connectedClients": candidates,
+                            }),
+                        ))
+                    }
+                }
+            }
+        };
+        match self.worlds.get(&id) {
+            Some(l) => Ok((id, l.conn)),
+            None => Err((
+                404,
+                json!({
+                    "error": "Invalid client ID",
+                    "clientId": id,
+                    "message": "No Foundry client connected with this ID.",
+                }),
+            )),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward_http(
+        &mut self,
+        conn: ConnId,
+        route_idx: usize,
+        route: &Route,
+        head: &Head,
+        body: Vec<u8>,
+        path_params: Vec<(String, String)>,
+        caller: Caller0,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let query = enc::parse_query(&head.query);
+        let is_json = head
+            .header("content-type")
+            .is_none_or(|ct| ct.to_ascii_lowercase().contains("json"));
+        let mut body_json: Option<Value> = None;
+        let mut raw_upload: Option<Map<String, Value>> = None;
+        if head.method != Method::Get && !body.is_empty() {
+            if route.ws_type == "upload-file" && !is_json {
+                raw_upload = Some(forward::upload_params_from_raw(
+                    &query,
+                    head.header("content-type"),
+                    &body,
+                ));
+            } else {
+                // Decode errors are ignored like the reference: required params then fail.
+                body_json = serde_json::from_slice(&body).ok();
+            }
+        }
+        drop(body);
+        if let Some(fields) = raw_upload {
+            let mut m = match body_json.take() {
+                Some(Value::Object(m)) => m,
+                _ => Map::new(),
+            };
+            m.extend(fields);
+            body_json = Some(Value::Object(m));
+        }
+        let mut params = match forward::extract_params(route, &query, body_json.as_ref(), &path_params)
+        {
+            Ok(p) => p,
+            Err(ParamError { status, body }) => {
+                out.push(Action::Respond {
+                    conn,
+                    resp: self.cors(Response::json(status, &body)),
+                });
+                return;
+            }
+        };
+        drop(body_json);
+        // `/create` of a Macro needs macro:write too (api-surface.md, extra validation).
+        if route.ws_type == "create"
+            && params.get("entityType").and_then(Value::as_str) == Some("Macro")
+            && !caller.scopes.iter().any(|s| s == "macro:write")
+        {
+            out.push(Action::Respond {
+                conn,
+                resp: self.cors(Response::error(400, "API key lacks required scope: macro:write")),
+            });
+            return;
+        }
+        let explicit = params
+            .get("clientId")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .or_else(|| head.header("x-client-id").map(str::to_string));
+        let (world, link) = match self.resolve_client(explicit.as_deref(), &caller) {
+            Ok(x) => x,
+            Err((status, body)) => {
+                out.push(Action::Respond {
+                    conn,
+                    resp: self.cors(Response::json(status, &body)),
+                });
+                return;
+            }
+        };
+        params.remove("clientId");
+        let request_id = self.req_ids.next(&route.ws_type);
+        let msg = forward::build_message(
+            route,
+            params,
+            &request_id,
+            &caller.scopes,
+            caller.user_id.as_deref(),
+        );
+        let timeout = if route.timeout_ms > 0 {
+            Duration::from_millis(route.timeout_ms)
+        } else {
+            self.cfg.request_timeout_default
+        };
+        let deadline = now + timeout;
+        debug!("{conn}: {} -> {world} as {request_id}", route.pattern);
+        let serial = self.pending.insert(
+            request_id,
+            Caller::Http {
+                conn,
+                route: route_idx,
+                query,
+            },
+            &world,
+            link,
+            deadline,
+        );
+        self.send_to_world(link, msg, out);
+        out.push(Action::Arm {
+            at: deadline,
+            timer: Timer::Request(serial),
+        });
+    }
+
+    /// The module answered a waiter.
+    pub(crate) fn deliver_reply(
+        &mut self,
+        w: Waiter,
+        text: String,
+        _now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        match w.caller {
+            Caller::Http { conn, route, query } => {
+                let Some(route) = self.routes.routes().get(route) else {
+                    return;
+                };
+                let reply = forward::reply_to_http(route, &query, text.as_bytes());
+                let mut resp = Response::new(reply.status).header("Content-Type", reply.content_type);
+                for (k, v) in reply.headers {
+                    resp = resp.header(k, v);
+                }
+                resp.body = crate::http::response::Body::Bytes(reply.body);
+                out.push(Action::Respond {
+                    conn,
+                    resp: self.cors(resp),
+                });
+            }
+            Caller::WsApi {
+                conn,
+                client_request_id,
+                ..
+            } => self.deliver_ws_api_reply(conn, client_request_id, &w.world, text, out),
+        }
+    }
+
+    pub(crate) fn request_timeout(&mut self, serial: u64, now: Instant, out: &mut Vec<Action>) {
+        let Some((id, w)) = self.pending.take_expired(serial, now) else {
+            return;
+        };
+        debug!("{id}: timed out");
+        let msg = match &w.caller {
+            Caller::Http { route, .. }
+                if self
+                    .routes
+                    .routes()
+                    .get(*route)
+                    .is_some_and(|r| r.ws_type == "upload-file") =>
+            {
+                "Upload timed out"
+            }
+            _ => "Request timed out",
+        };
+        self.fail_waiter(w, 408, msg, out);
+    }
+
+    // ------------------------------------------------------------ local routes
+
+    fn local_route(
+        &mut self,
+        conn: ConnId,
+        route: &Route,
+        head: &Head,
+        caller: &Caller0,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        match route.pattern.as_str() {
+            "/clients" => {
+                let only = if caller.client_ids.len() == 1 {
+                    Some(caller.client_ids[0].as_str())
+                } else {
+                    None
+                };
+                let mut clients = self.clients_json(only, now);
+                if caller.client_ids.len() > 1 {
+                    clients.retain(|c| {
+                        c.get("clientId")
+                            .and_then(Value::as_str)
+                            .is_some_and(|id| caller.client_ids.iter().any(|x| x == id))
+                    });
+                }
+                let v = json!({"total": clients.len(), "clients": clients});
+                self.respond(conn, 200, v, out);
+            }
+            p if p.starts_with("/contents") => {
+                let _ = head;
+                self.respond(
+                    conn,
+                    400,
+                    json!({
+                        "error": "This endpoint has been deprecated.",
+                        "message": "Use /structure to list folders and their contents.",
+                        "example": "/structure?path=...&recursive=true",
+                    }),
+                    out,
+                );
+            }
+            _ => out.push(Action::Respond {
+                conn,
+                resp: self.cors(Response::error(404, "Not found")),
+            }),
+        }
+    }
+
+    /// Live worlds, then known worlds that are offline (`isOnline:false`).
+    pub(crate) fn clients_json(&self, only: Option<&str>, _now: Instant) -> Vec<Value> {
+        let mut live: Vec<Value> = self
+            .worlds
+            .iter()
+            .filter(|l| only.is_none_or(|o| o == l.meta.client_id))
+            .map(|l| l.to_json())
+            .collect();
+        live.sort_by(|a, b| a["clientId"].as_str().cmp(&b["clientId"].as_str()));
+        for w in &self.state.worlds {
+            if self.worlds.get(&w.client_id).is_some() {
+                continue;
+            }
+            if only.is_some_and(|o| o != w.client_id) {
+                continue;
+            }
+            live.push(json!({
+                "id": w.client_id,
+                "clientId": w.client_id,
+                "worldId": w.world_id,
+                "worldTitle": w.world_title,
+                "foundryVersion": w.foundry_version,
+                "systemId": w.system_id,
+                "systemTitle": w.system_title,
+                "systemVersion": w.system_version,
+                "customName": w.custom_name,
+                "connectedSince": 0,
+                "lastSeen": w.last_seen_ms.unwrap_or(0),
+                "isOnline": false,
+            }));
+        }
+        live
+    }
+
+    fn client_active(&mut self, conn: ConnId, id: &str, out: &mut Vec<Action>) {
+        let known = self.state.worlds.iter().any(|w| w.client_id == id);
+        let live = self.worlds.get(id).is_some();
+        if !known && !live {
+            out.push(Action::Respond {
+                conn,
+                resp: self.cors(Response::error(404, "Unknown client ID")),
+            });
+            return;
+        }
+        self.respond(conn, 200, json!({"active": live}), out);
+    }
+
+    fn status_json(&self, now: Instant) -> Value {
+        json!({
+            "status": "ok",
+            "version": env!("CARGO_PKG_VERSION"),
+            "websocket": "/relay",
+            "billingEnabled": false,
+            "headlessEnabled": false,
+            "relay": "fvtt-relay",
+            "uptimeSeconds": self.uptime(now).as_secs(),
+            "connectedWorlds": self.worlds.len(),
+        })
+    }
+
+    fn health_json(&self, now: Instant) -> Value {
+        json!({
+            "status": "ok",
+            "timestamp": rfc3339(self.clock.ms(now)),
+            "instanceId": "local",
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptimeSeconds": self.uptime(now).as_secs(),
+            "connectedWorlds": self.worlds.len(),
+            "pendingRequests": self.pending.len(),
+        })
+    }
+}
+
+/// The presented API key: `x-api-key`, else `Authorization: Bearer <key>`.
+pub(crate) fn presented_key(head: &Head) -> Option<String> {
+    if let Some(k) = head.header("x-api-key") {
+        return Some(k.trim().to_string());
+    }
+    head.header("authorization").and_then(|a| {
+        let a = a.trim();
+        let (scheme, rest) = a.split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| rest.trim().to_string())
+    })
+}
+
+/// A CORS preflight: 204 with what the browser may send.
+fn preflight(head: &Head) -> Response {
+    let mut r = Response::new(204)
+        .header("Access-Control-Allow-Origin", "*")
+        .header("Access-Control-Allow-Methods", ALLOW_METHODS)
+        .header("Access-Control-Allow-Headers", ALLOW_HEADERS)
+        .header("Access-Control-Max-Age", "600");
+    if head.header("origin").is_some() {
+        r = r.header("Vary", "Origin");
+    }
+    r
+}
+
+/// Tolerate the module's `//relay` and `//api/...` (module-protocol.md §1.2) and a trailing
+/// slash: collapse leading slashes to one and drop a trailing one.
+pub(crate) fn normalize_path(p: &str) -> &str {
+    let trimmed = p.trim_start_matches('/');
+    let start = p.len() - trimmed.len();
+    let p = if start > 1 { &p[start - 1..] } else { p };
+    if p.len() > 1 {
+        p.strip_suffix('/').unwrap_or(p)
+    } else {
+        p
+    }
+}
+
+/// Unix milliseconds as RFC 3339 UTC (`2026-11-25T17:40:17Z`).
+pub(crate) fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil-from-days (H. Hinnant), valid for the whole u64 range we can see.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_normalized() {
+        assert_eq!(normalize_path("//relay"), "/relay");
+        assert_eq!(normalize_path("/relay/"), "/relay");
+        assert_eq!(normalize_path("/"), "/");
+        assert_eq!(normalize_path("//api/clients/x/active"), "/api/clients/x/active");
+        assert_eq!(normalize_path("/get"), "/get");
+    }
+
+    #[test]
+    fn rfc3339_known_values() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(784_111_777_000), "1994-11-06T08:49:37Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
+    }
+}

@@ -1,0 +1,901 @@
+//! The event loop: one thread, one `mio::Poll`, the listener, the signal pipe, the slab of
+//! connections and the deadline heap. It is the only module that sees both sockets and the
+//! relay core: it turns readiness into `Input`s, applies the relay's `Action`s, and owns the
+//! registry (ARCHITECTURE.md, "One turn of the loop").
+//!
+//! Order of a turn: poll (timeout = earliest deadline, or zero while work is left over from a
+//! budget) → read every ready connection under its budget → due deadlines → persist state if
+//! anything asked → one write attempt per connection with queued bytes → reap closed ones.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime};
+
+use log::{debug, error, info, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+
+use crate::config::Config;
+use crate::conn::{Conn, Due, HttpStep, Phase};
+use crate::deadline::Deadlines;
+use crate::error::{Fatal, HttpError, WsClose};
+use crate::http::request::Head;
+use crate::http::response::{self, DateCache, Response, WriteCtx};
+use crate::ids::ConnId;
+use crate::outq::Flush;
+use crate::relay::io::{Action, Bytes, Endpoint, Input, Timer};
+use crate::relay::Relay;
+use crate::store::Store;
+use crate::ws::handshake;
+use crate::ws::link::{frame_binary_into, frame_text_into, WsEvent};
+
+const LISTENER: Token = Token(0);
+const SIGNALS: Token = Token(1);
+const FIRST_CONN: usize = 2;
+
+/// Bytes written to one connection per turn before others get their go.
+const WRITE_BUDGET: usize = 4 * 1024 * 1024;
+/// WebSocket messages parsed from one connection per turn.
+const WS_MESSAGES_PER_TURN: usize = 64;
+/// How long accepting pauses after EMFILE/ENFILE before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+pub const SERVER_NAME: &str = concat!("fvtt-relay/", env!("CARGO_PKG_VERSION"));
+
+/// What the loop's heap carries.
+#[derive(Clone, Debug)]
+enum LoopTimer {
+    Conn(ConnId),
+    Relay(Timer),
+    ResumeAccept,
+    ShutdownDeadline,
+}
+
+pub struct Server {
+    cfg: Rc<Config>,
+    poll: Poll,
+    listener: TcpListener,
+    signals: Signals,
+    conns: Slab<Conn>,
+    next_gen: u32,
+    timers: Deadlines<LoopTimer>,
+    relay: Relay,
+    store: Store,
+    per_ip: HashMap<IpAddr, u32>,
+    accept_paused: bool,
+    emfile_logged: bool,
+    /// Connections with unfinished input work (budget hit, request answered, upgrade tail).
+    ready: Vec<ConnId>,
+    /// Connections with bytes queued (or marked dead) this turn. Every place that marks a
+    /// connection dead also marks it dirty, so reaping never scans the whole slab.
+    dirty: Vec<ConnId>,
+    /// Dead connections found by the flush, removed by `reap`.
+    doomed: Vec<ConnId>,
+    actions: Vec<Action>,
+    persist: bool,
+    shutdown_at: Option<Instant>,
+    date: DateCache,
+    local_addr: SocketAddr,
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+fn interrupted(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::Interrupted
+}
+
+/// Accept errors that mean "out of descriptors or memory": back off, keep serving.
+fn resource_exhausted(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(24) /* EMFILE */ | Some(23) /* ENFILE */ | Some(105) /* ENOBUFS */ | Some(12) /* ENOMEM */
+    )
+}
+
+impl Server {
+    /// Bind the listener and prepare the loop. Nothing is accepted until `run`.
+    pub fn bind(cfg: Config, store: Store, relay: Relay) -> Result<Server, Fatal> {
+        let poll = Poll::new().map_err(|e| Fatal::Io(format!("poll: {e}")))?;
+        let mut listener = TcpListener::bind(cfg.listen)
+            .map_err(|e| Fatal::Bind(format!("{}: {e}", cfg.listen)))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| Fatal::Bind(format!("{}: {e}", cfg.listen)))?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(|e| Fatal::Io(format!("register listener: {e}")))?;
+        let mut signals = Signals::new([SIGTERM, SIGINT])
+            .map_err(|e| Fatal::Io(format!("signals: {e}")))?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)
+            .map_err(|e| Fatal::Io(format!("register signals: {e}")))?;
+        Ok(Server {
+            cfg: Rc::new(cfg),
+            poll,
+            listener,
+            signals,
+            conns: Slab::new(),
+            next_gen: 0,
+            timers: Deadlines::new(),
+            relay,
+            store,
+            per_ip: HashMap::new(),
+            accept_paused: false,
+            emfile_logged: false,
+            ready: Vec::new(),
+            dirty: Vec::new(),
+            doomed: Vec::new(),
+            actions: Vec::new(),
+            persist: false,
+            shutdown_at: None,
+            date: DateCache::new(),
+            local_addr,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Run until a signal asks us to stop and the grace period ends.
+    pub fn run(&mut self) -> Result<(), Fatal> {
+        let mut events = Events::with_capacity(1024);
+        let mut due = Vec::new();
+        loop {
+            let now = Instant::now();
+            let mut timeout = self.timers.next_timeout(now);
+            if !self.ready.is_empty() {
+                timeout = Some(Duration::ZERO);
+            }
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if interrupted(&e) {
+                    continue;
+                }
+                return Err(Fatal::Io(format!("poll: {e}")));
+            }
+            let now = Instant::now();
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept_all(now),
+                    SIGNALS => self.on_signals(now),
+                    Token(t) => {
+                        let key = t - FIRST_CONN;
+                        let Some(c) = self.conns.get_mut(key) else {
+                            continue; // closed earlier in this batch (pitfall 2)
+                        };
+                        if c.dead {
+                            continue;
+                        }
+                        let id = c.id;
+                        if ev.is_writable() {
+                            self.mark_dirty(id);
+                        }
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            self.on_readable(id, now);
+                        }
+                    }
+                }
+            }
+            // Work left over from budgets, answered requests and upgrades.
+            let ready = std::mem::take(&mut self.ready);
+            for id in ready {
+                self.on_readable(id, now);
+            }
+            due.clear();
+            self.timers.expired(now, &mut due);
+            for t in due.drain(..) {
+                self.on_timer(t, now);
+            }
+            if self.persist {
+                self.persist = false;
+                if let Err(e) = self.store.save_state(self.relay.state()) {
+                    // Keep serving: the previous state file is intact; the next change retries.
+                    error!("saving {} failed: {e}", self.store.path().display());
+                }
+            }
+            self.flush_dirty();
+            self.reap();
+            if let Some(at) = self.shutdown_at {
+                if self.conns.is_empty() || Instant::now() >= at {
+                    info!(
+                        "shutdown complete ({} connections left open)",
+                        self.conns.len()
+                    );
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn on_signals(&mut self, now: Instant) {
+        let mut stop = false;
+        for sig in self.signals.pending() {
+            if sig == SIGTERM || sig == SIGINT {
+                stop = true;
+            }
+        }
+        if stop && self.shutdown_at.is_none() {
+            self.begin_shutdown(now);
+        }
+    }
+
+    /// Stop accepting, close WebSockets with 1001, end streams, let exchanges in flight
+    /// finish within the grace period.
+    fn begin_shutdown(&mut self, now: Instant) {
+        info!(
+            "shutting down: {} connections, grace {:?}",
+            self.conns.len(),
+            self.cfg.shutdown_grace
+        );
+        let at = now + self.cfg.shutdown_grace;
+        self.shutdown_at = Some(at);
+        self.timers.arm(at, LoopTimer::ShutdownDeadline);
+        if let Err(e) = self.poll.registry().deregister(&mut self.listener) {
+            warn!("deregister listener: {e}");
+        }
+        let ids: Vec<ConnId> = self.conns.iter().map(|(_, c)| c.id).collect();
+        for id in ids {
+            if let Some(c) = self.conn_mut(id) {
+                match &c.phase {
+                    Phase::Ws(_) => c.close_with(&WsClose::GOING_AWAY, now),
+                    Phase::Sse(_) => c.begin_close(now),
+                    Phase::Http(_) if !c.http_awaiting() => c.begin_close(now),
+                    Phase::Http(_) => {} // answered (then closed) or failed at the deadline
+                }
+            }
+            self.mark_dirty(id);
+        }
+    }
+
+    fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        match self.conns.get_mut(id.key) {
+            Some(c) if c.id.gen == id.gen && !c.dead => Some(c),
+            _ => None,
+        }
+    }
+
+    fn mark_dirty(&mut self, id: ConnId) {
+        self.dirty.push(id);
+    }
+
+    // ---------------------------------------------------------------- accept
+
+    fn accept_all(&mut self, now: Instant) {
+        if self.accept_paused || self.shutdown_at.is_some() {
+            return;
+        }
+        loop {
+            match self.listener.accept() {
+                Ok((sock, peer)) => self.on_accept(sock, peer, now),
+                Err(e) if would_block(&e) => break,
+                Err(e) if interrupted(&e) => continue,
+                Err(e) if resource_exhausted(&e) => {
+                    // Pitfall 7: edge-triggered, so the listener stays "ready" while we
+                    // pause; the timer retries accept() without waiting for a new edge.
+                    if !self.emfile_logged {
+                        error!("accept: {e}; pausing accepts (logged once)");
+                        self.emfile_logged = true;
+                    }
+                    self.accept_paused = true;
+                    self.timers.arm(now + ACCEPT_BACKOFF, LoopTimer::ResumeAccept);
+                    break;
+                }
+                Err(e) => {
+                    // ECONNABORTED and friends concern one peer only.
+                    debug!("accept: {e}");
+                }
+            }
+        }
+    }
+
+    fn on_accept(&mut self, mut sock: TcpStream, peer: SocketAddr, now: Instant) {
+        let ip = peer.ip();
+        let per_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
+        if self.conns.len() >= self.cfg.max_connections
+            || per_ip >= self.cfg.max_connections_per_ip as u32
+        {
+            // Accepted and closed at once with 503, so the client learns why instead of
+            // waiting in the backlog. Best effort: one non-blocking write, then close.
+            let body = br#"{"error":"Too many connections"}"#;
+            let head = format!(
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nRetry-After: 1\r\n\r\n",
+                body.len()
+            );
+            let mut msg = head.into_bytes();
+            msg.extend_from_slice(body);
+            let _ = sock.write(&msg);
+            let _ = sock.shutdown(Shutdown::Both);
+            warn!("{peer}: connection refused (limit reached)");
+            return;
+        }
+        let _ = sock.set_nodelay(true);
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        self.next_gen = self.next_gen.wrapping_add(1);
+        let id = ConnId {
+            key,
+            gen: self.next_gen,
+        };
+        let mut conn = Conn::new(id, sock, peer, now);
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut conn.sock, Token(key + FIRST_CONN), Interest::READABLE)
+        {
+            warn!("{peer}: register: {e}");
+            return;
+        }
+        conn.registered = Some(Interest::READABLE);
+        entry.insert(conn);
+        *self.per_ip.entry(ip).or_insert(0) += 1;
+        debug!("{id} {peer} accepted");
+        self.rearm(id);
+        // A request may already be waiting (edge-triggered: read now).
+        self.ready.push(id);
+    }
+
+    // ---------------------------------------------------------------- input
+
+    fn on_readable(&mut self, id: ConnId, now: Instant) {
+        let cfg = self.cfg.clone();
+        let Some(c) = self.conn_mut(id) else { return };
+        let r = c.read_socket(&cfg);
+        if r.error {
+            c.dead = true;
+            self.mark_dirty(id);
+            return;
+        }
+        if c.closing_since.is_some() {
+            if c.eof {
+                c.dead = true;
+                self.mark_dirty(id);
+            }
+            return;
+        }
+        match &c.phase {
+            Phase::Http(_) => self.http_input(id, now),
+            Phase::Ws(_) => self.ws_input(id, now),
+            Phase::Sse(_) => {
+                if c.eof {
+                    c.dead = true;
+                    self.mark_dirty(id);
+                }
+            }
+        }
+        if let Some(c) = self.conn_mut(id) {
+            if c.read_pending {
+                self.ready.push(id);
+            }
+        }
+        self.rearm(id);
+    }
+
+    fn http_input(&mut self, id: ConnId, now: Instant) {
+        let cfg = self.cfg.clone();
+        loop {
+            let Some(c) = self.conn_mut(id) else { return };
+            if !matches!(c.phase, Phase::Http(_)) {
+                return;
+            }
+            match c.http_step(&cfg, now) {
+                HttpStep::Idle => {
+                    let eof = c.eof;
+                    if !c.outq.is_empty() {
+                        self.mark_dirty(id); // 100 Continue
+                    }
+                    let Some(c) = self.conn_mut(id) else { return };
+                    if eof && c.http_eof_should_close() {
+                        c.begin_close(now);
+                        self.mark_dirty(id);
+                    }
+                    return;
+                }
+                HttpStep::Error(e) => {
+                    debug!("{id} {} bad request: {e}", c.peer);
+                    self.respond_error(id, e, now);
+                    return;
+                }
+                HttpStep::Request(head, body) => {
+                    self.dispatch(id, head, body, now);
+                    // Answered synchronously? Then loop for a pipelined request.
+                    let Some(c) = self.conn_mut(id) else { return };
+                    if c.http_awaiting() || c.is_closing() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Route a complete request: test echo upgrade, other upgrades (validated here, decided
+    /// by the relay), or a plain request for the relay.
+    fn dispatch(&mut self, id: ConnId, head: Head, body: Vec<u8>, now: Instant) {
+        let Some(c) = self.conn_mut(id) else { return };
+        let peer = c.peer.ip();
+        if head.wants_upgrade {
+            let getter = |name: &str| -> Option<String> {
+                let vals: Vec<&str> = head
+                    .headers
+                    .iter()
+                    .filter(|h| h.name == name)
+                    .filter_map(|h| std::str::from_utf8(&h.value).ok())
+                    .collect();
+                if vals.is_empty() {
+                    None
+                } else {
+                    Some(vals.join(", "))
+                }
+            };
+            match handshake::validate(head.method_raw.as_str(), head.minor_version, &getter) {
+                Err(e) => {
+                    let mut resp = Response::error(e.status, e.message);
+                    if e.status == 426 {
+                        resp = resp.header("Sec-WebSocket-Version", "13");
+                    }
+                    self.respond(id, resp, true, now);
+                }
+                Ok(key) => {
+                    let accept = handshake::accept_key(&key);
+                    let is_echo = head.path == "/test/echo";
+                    if let Some(c) = self.conn_mut(id) {
+                        c.pending_accept = Some(accept);
+                    }
+                    if is_echo && self.cfg.test_echo {
+                        self.accept_ws(id, Endpoint::Echo, now);
+                    } else {
+                        self.to_relay(
+                            Input::Upgrade {
+                                conn: id,
+                                peer,
+                                head: &head,
+                            },
+                            now,
+                        );
+                    }
+                }
+            }
+            return;
+        }
+        self.to_relay(
+            Input::Request {
+                conn: id,
+                peer,
+                head: &head,
+                body,
+            },
+            now,
+        );
+    }
+
+    fn ws_input(&mut self, id: ConnId, now: Instant) {
+        let mut events = Vec::new();
+        let Some(c) = self.conn_mut(id) else { return };
+        let endpoint = c.endpoint();
+        let result = c.ws_read(&mut events, WS_MESSAGES_PER_TURN, now);
+        let eof = c.eof;
+        self.mark_dirty(id);
+        for ev in events {
+            match ev {
+                WsEvent::Text(text) => {
+                    if endpoint == Some(Endpoint::Echo) {
+                        if let Some(c) = self.conn_mut(id) {
+                            c.ws_send_owned(text.into_bytes());
+                        }
+                    } else {
+                        self.to_relay(Input::WsText { conn: id, text }, now);
+                    }
+                }
+                WsEvent::Binary(data) => {
+                    if endpoint == Some(Endpoint::Echo) {
+                        if let Some(c) = self.conn_mut(id) {
+                            let mut head = Vec::with_capacity(10);
+                            frame_binary_into(data.len(), &mut head);
+                            c.outq.push(head);
+                            c.outq.push(data);
+                        }
+                    } else {
+                        // The module and the client APIs speak JSON text only; a binary
+                        // frame is ignored like any message we do not understand.
+                        debug!("{id}: binary frame ignored");
+                    }
+                }
+                WsEvent::Ping | WsEvent::Pong => {}
+                WsEvent::Closed { code, reason } => {
+                    debug!("{id}: peer closed ({code:?} {reason:?})");
+                    if let Some(c) = self.conn_mut(id) {
+                        c.begin_close(now);
+                    }
+                }
+            }
+        }
+        let Some(c) = self.conn_mut(id) else { return };
+        match result {
+            Err(close) => {
+                // The link already queued the close frame (1002/1007/1009).
+                info!("{id} {}: websocket protocol error: {close}", c.peer);
+                c.begin_close(now);
+            }
+            Ok(_) if eof => {
+                c.dead = true;
+            }
+            Ok(_) => {}
+        }
+        self.check_limits(id, now);
+    }
+
+    // ---------------------------------------------------------------- relay glue
+
+    fn to_relay(&mut self, input: Input<'_>, now: Instant) {
+        let conn = match &input {
+            Input::Request { conn, .. }
+            | Input::Upgrade { conn, .. }
+            | Input::WsText { conn, .. }
+            | Input::Closed { conn } => Some(*conn),
+            Input::Timer(_) => None,
+        };
+        if let Some(id) = conn {
+            if let Some(c) = self.conn_mut(id) {
+                c.relay_known = true;
+            }
+        }
+        let mut actions = std::mem::take(&mut self.actions);
+        self.relay.handle(input, now, &mut actions);
+        for a in actions.drain(..) {
+            self.apply(a, now);
+        }
+        self.actions = actions;
+    }
+
+    fn apply(&mut self, action: Action, now: Instant) {
+        match action {
+            Action::Respond { conn, resp } => self.respond(conn, resp, false, now),
+            Action::Accept { conn, endpoint } => self.accept_ws(conn, endpoint, now),
+            Action::StartSse { conn, headers } => {
+                let date = self.date.get(SystemTime::now()).to_string();
+                let Some(c) = self.conn_mut(conn) else { return };
+                let (_, _, minor) = c.http_meta();
+                let mut head = Vec::with_capacity(512);
+                response::write_stream_head(
+                    200,
+                    "text/event-stream",
+                    &headers,
+                    &WriteCtx {
+                        head_request: false,
+                        keep_alive: false,
+                        minor_version: minor,
+                        date: &date,
+                        server: SERVER_NAME,
+                    },
+                    &mut head,
+                );
+                c.outq.push(head);
+                c.start_sse(&self.cfg, now);
+                self.mark_dirty(conn);
+                self.rearm(conn);
+            }
+            Action::Text { conn, payload } => {
+                let Some(c) = self.conn_mut(conn) else { return };
+                if !matches!(c.phase, Phase::Ws(_)) {
+                    return;
+                }
+                match payload {
+                    Bytes::Owned(v) => c.ws_send_owned(v),
+                    Bytes::Shared(r) => {
+                        if !c.is_closing() {
+                            let mut head = Vec::with_capacity(10);
+                            frame_text_into(r.len(), &mut head);
+                            c.outq.push(head);
+                            c.outq.push_shared(r);
+                        }
+                    }
+                }
+                self.mark_dirty(conn);
+                self.check_limits(conn, now);
+            }
+            Action::TextFanout { conns, payload } => {
+                // Frame once; every socket gets a reference to the same bytes.
+                let mut frame = Vec::with_capacity(payload.len() + 10);
+                frame_text_into(payload.len(), &mut frame);
+                frame.extend_from_slice(&payload);
+                let frame: Rc<[u8]> = Rc::from(frame);
+                for id in conns {
+                    let Some(c) = self.conn_mut(id) else { continue };
+                    if c.is_closing() || !matches!(c.phase, Phase::Ws(_)) {
+                        continue;
+                    }
+                    c.outq.push_shared(frame.clone());
+                    self.mark_dirty(id);
+                    self.check_limits(id, now);
+                }
+            }
+            Action::SseWrite { conns, bytes } => {
+                for id in conns {
+                    let Some(c) = self.conn_mut(id) else { continue };
+                    if c.is_closing() || !c.is_sse() {
+                        continue;
+                    }
+                    c.outq.push_shared(bytes.clone());
+                    self.mark_dirty(id);
+                    self.check_limits(id, now);
+                }
+            }
+            Action::Close { conn, close } => {
+                if let Some(c) = self.conn_mut(conn) {
+                    c.close_with(&close, now);
+                    self.mark_dirty(conn);
+                    self.rearm(conn);
+                }
+            }
+            Action::Arm { at, timer } => self.timers.arm(at, LoopTimer::Relay(timer)),
+            Action::Persist => self.persist = true,
+        }
+    }
+
+    fn accept_ws(&mut self, id: ConnId, endpoint: Endpoint, now: Instant) {
+        let cfg = self.cfg.clone();
+        let Some(c) = self.conn_mut(id) else { return };
+        let Some(accept) = c.pending_accept.take() else {
+            error!("{id}: accept without a pending handshake (bug)");
+            c.dead = true;
+            self.mark_dirty(id);
+            return;
+        };
+        c.outq.push(handshake::response_101(&accept, SERVER_NAME));
+        c.upgrade_ws(endpoint, &cfg, now);
+        debug!("{id} {} upgraded to {}", c.peer, endpoint.name());
+        self.ready.push(id);
+        self.mark_dirty(id);
+        self.rearm(id);
+    }
+
+    /// Queue an HTTP response for the request in flight on `id`.
+    fn respond(&mut self, id: ConnId, resp: Response, force_close: bool, now: Instant) {
+        let date = self.date.get(SystemTime::now()).to_string();
+        let shutting_down = self.shutdown_at.is_some();
+        let Some(c) = self.conn_mut(id) else {
+            return; // the client left; a late answer finds no one (pitfall 3)
+        };
+        if !matches!(c.phase, Phase::Http(_)) {
+            return;
+        }
+        let (keep_alive, head_req, minor) = c.http_meta();
+        let keep_alive = keep_alive && !force_close && !shutting_down;
+        let mut head = Vec::with_capacity(256);
+        let send_body = response::write_head(
+            &resp,
+            &WriteCtx {
+                head_request: head_req,
+                keep_alive,
+                minor_version: minor,
+                date: &date,
+                server: SERVER_NAME,
+            },
+            &mut head,
+        );
+        c.outq.push(head);
+        if send_body {
+            match resp.body {
+                response::Body::Empty => {}
+                response::Body::Bytes(v) => c.outq.push(v),
+                response::Body::Shared(r) => c.outq.push_shared(r),
+            }
+        }
+        if keep_alive {
+            c.http_done(now);
+            self.ready.push(id);
+        } else {
+            c.begin_close(now);
+        }
+        self.mark_dirty(id);
+        self.rearm(id);
+    }
+
+    fn respond_error(&mut self, id: ConnId, e: HttpError, now: Instant) {
+        if let Some(c) = self.conn_mut(id) {
+            // The error may come before any request was accepted as in flight.
+            if let Phase::Http(_) = c.phase {
+                c.http_done(now);
+            }
+        }
+        self.respond(id, Response::error(e.status(), e.message()), true, now);
+    }
+
+    /// Slow-consumer enforcement after output was queued (STYLE.md habit 7).
+    fn check_limits(&mut self, id: ConnId, now: Instant) {
+        let cfg = self.cfg.clone();
+        let Some(c) = self.conn_mut(id) else { return };
+        if c.is_closing() {
+            return;
+        }
+        if c.over_hard_limit(&cfg, now) {
+            self.slow_consumer(id, now);
+        }
+    }
+
+    fn slow_consumer(&mut self, id: ConnId, now: Instant) {
+        let Some(c) = self.conn_mut(id) else { return };
+        warn!(
+            "{id} {}: slow consumer ({} bytes, {} chunks queued), closing",
+            c.peer,
+            c.outq.bytes(),
+            c.outq.chunks()
+        );
+        c.outq.discard_unstarted();
+        if c.is_sse() {
+            c.outq
+                .push_slice(b"event: error\ndata: {\"error\":\"Slow consumer\"}\n\n");
+            c.begin_close(now);
+        } else {
+            c.close_with(&WsClose::SLOW_CONSUMER, now);
+        }
+        self.mark_dirty(id);
+        self.rearm(id);
+    }
+
+    // ---------------------------------------------------------------- timers
+
+    /// Make sure the heap holds an entry no later than the connection's next deadline.
+    fn rearm(&mut self, id: ConnId) {
+        let cfg = self.cfg.clone();
+        let Some(c) = self.conn_mut(id) else { return };
+        let Some(d) = c.deadline(&cfg) else { return };
+        if c.armed.is_some_and(|a| a <= d) {
+            return; // an earlier entry fires first and re-arms then
+        }
+        c.armed = Some(d);
+        self.timers.arm(d, LoopTimer::Conn(id));
+    }
+
+    fn on_timer(&mut self, t: LoopTimer, now: Instant) {
+        match t {
+            LoopTimer::Conn(id) => {
+                let cfg = self.cfg.clone();
+                let Some(c) = self.conn_mut(id) else { return };
+                c.armed = None;
+                match c.on_deadline(now, &cfg) {
+                    Due::Nothing => {}
+                    Due::HeadTimeout => {
+                        info!("{id} {}: request head/body timeout", c.peer);
+                        self.respond_error(id, HttpError::HeadTimeout, now);
+                    }
+                    Due::Drop(why) => {
+                        debug!("{id} {}: {why}", c.peer);
+                        c.dead = true;
+                    }
+                    Due::WsIdle => {
+                        info!("{id} {}: no frame within the idle timeout", c.peer);
+                        c.close_with(&WsClose::PING_TIMEOUT, now);
+                    }
+                    Due::SlowConsumer => self.slow_consumer(id, now),
+                }
+                self.mark_dirty(id);
+                self.rearm(id);
+            }
+            LoopTimer::Relay(rt) => self.to_relay(Input::Timer(rt), now),
+            LoopTimer::ResumeAccept => {
+                self.accept_paused = false;
+                self.accept_all(now);
+            }
+            LoopTimer::ShutdownDeadline => {}
+        }
+    }
+
+    // ---------------------------------------------------------------- output and reaping
+
+    fn flush_dirty(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for id in dirty.drain(..) {
+            let Some(c) = self.conns.get_mut(id.key) else {
+                continue;
+            };
+            if c.id != id {
+                continue;
+            }
+            if c.dead {
+                self.doomed.push(id);
+                continue;
+            }
+            match c.flush(WRITE_BUDGET) {
+                Err(e) => {
+                    debug!("{id} {}: write error: {e}", c.peer);
+                    c.dead = true;
+                    self.doomed.push(id);
+                    continue;
+                }
+                Ok(Flush::Budget) => self.ready_write(id),
+                Ok(Flush::Blocked) => {}
+                Ok(Flush::Drained) => {
+                    c.outq.soft_since = None;
+                    if c.closing_since.is_some() {
+                        // Lingering close: FIN now, wait for the peer's EOF (or the
+                        // linger deadline) so unread input cannot reset our last bytes.
+                        if !c.wr_shut {
+                            let _ = c.sock.shutdown(Shutdown::Write);
+                            c.wr_shut = true;
+                        }
+                        if c.eof {
+                            c.dead = true;
+                            self.doomed.push(id);
+                            continue;
+                        }
+                    }
+                }
+            }
+            self.update_interest(id);
+            self.rearm(id);
+        }
+        self.dirty = dirty;
+    }
+
+    /// The budget stopped a write: keep the connection on the dirty list for next turn.
+    fn ready_write(&mut self, id: ConnId) {
+        self.ready.push(id);
+        self.dirty.push(id);
+    }
+
+    fn update_interest(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(id.key) else {
+            return;
+        };
+        if c.id != id || c.dead {
+            return;
+        }
+        let want = c.interest();
+        if c.registered != Some(want) {
+            if let Err(e) = self.poll.registry().reregister(
+                &mut c.sock,
+                Token(id.key + FIRST_CONN),
+                want,
+            ) {
+                debug!("{id}: reregister: {e}");
+                c.dead = true;
+                self.doomed.push(id);
+                return;
+            }
+            c.registered = Some(want);
+        }
+    }
+
+    /// Remove connections marked dead this turn and tell the relay about them. Telling the
+    /// relay may mark more connections (e.g. a world's streams), so loop until quiet.
+    fn reap(&mut self) {
+        let now = Instant::now();
+        while !self.doomed.is_empty() {
+            let doomed = std::mem::take(&mut self.doomed);
+            for id in doomed {
+                let Some(c) = self.conns.get(id.key) else {
+                    continue;
+                };
+                if c.id != id || !c.dead {
+                    continue;
+                }
+                let mut c = self.conns.remove(id.key);
+                let _ = self.poll.registry().deregister(&mut c.sock);
+                let ip = c.peer.ip();
+                if let Some(n) = self.per_ip.get_mut(&ip) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.per_ip.remove(&ip);
+                    }
+                }
+                debug!("{} {} closed", c.id, c.peer);
+                let known = c.relay_known;
+                drop(c);
+                if known {
+                    self.to_relay(Input::Closed { conn: id }, now);
+                }
+            }
+            // Actions from the relay may have queued bytes or killed more connections.
+            self.flush_dirty();
+        }
+    }
+}
