@@ -701,6 +701,14 @@ mod tests {
         assert_eq!(link.read(&mut input, &mut out, &mut events, 2), Ok(false));
         assert_eq!(events, vec![txt("1"), txt("2"), txt("3")]);
         assert!(input.is_empty());
+        // The budget stops right after a ping: its pong is already out, not left pending.
+        let mut input = [client_frame(0x89, b"q"), text("x")].concat();
+        assert_eq!(link.read(&mut input, &mut out, &mut events, 1), Ok(true));
+        assert_eq!(out, pong(b"q"));
+        assert_eq!(events.last(), Some(&WsEvent::Ping));
+        assert_eq!(link.read(&mut input, &mut out, &mut events, 1), Ok(true));
+        assert_eq!(link.read(&mut input, &mut out, &mut events, 1), Ok(false));
+        assert_eq!(out, pong(b"q"));
         // A zero budget still makes progress.
         let mut input = text("4");
         assert_eq!(link.read(&mut input, &mut out, &mut events, 0), Ok(true));
