@@ -820,6 +820,55 @@ mod tests {
         );
     }
 
+    /// A tungstenite client (random masks) against `Link`, in memory: echo, ping, close.
+    #[test]
+    fn tungstenite_client_round_trip() {
+        let mut client = WebSocketContext::new(Role::Client, None);
+        let mut link = Link::new(LIMITS);
+        let (mut c2s, mut s2c, mut events) = (Vec::new(), Vec::new(), Vec::new());
+        let big = "\u{e9}".repeat(40_000);
+        for m in [
+            Message::text("hi"),
+            Message::text(big.clone()),
+            Message::binary(vec![9; 300]),
+        ] {
+            let mut io = Io::new(&[], &mut c2s);
+            assert!(client.write(&mut io, m).is_ok());
+            assert!(client.flush(&mut io).is_ok());
+        }
+        // The client's own write buffer holds the ping until it flushes.
+        let mut io = Io::new(&[], &mut c2s);
+        assert!(client
+            .write(&mut io, Message::Ping(Bytes::from_static(b"p")))
+            .is_ok());
+        assert!(client.flush(&mut io).is_ok());
+        assert_eq!(link.read(&mut c2s, &mut s2c, &mut events, 100), Ok(false));
+        assert_eq!(
+            events,
+            vec![
+                txt("hi"),
+                WsEvent::Text(big.clone()),
+                WsEvent::Binary(vec![9; 300]),
+                WsEvent::Ping
+            ]
+        );
+        link.send_text(&big, &mut s2c);
+        link.send_binary(&[1, 2], &mut s2c);
+        let mut io = Io::new(&s2c, &mut c2s);
+        let pong = client.read(&mut io).ok();
+        assert_eq!(pong, Some(Message::Pong(Bytes::from_static(b"p"))));
+        assert_eq!(client.read(&mut io).ok(), Some(Message::text(big)));
+        assert_eq!(client.read(&mut io).ok(), Some(Message::binary(vec![1, 2])));
+        // The client closes; the link answers and reports it.
+        assert!(client.close(&mut io, None).is_ok());
+        let mut reply = Vec::new();
+        events.clear();
+        assert_eq!(link.read(&mut c2s, &mut reply, &mut events, 100), Ok(false));
+        assert_eq!(events, vec![closed(None, "")]);
+        assert_eq!(reply, vec![0x88, 0x00]);
+        assert!(link.is_closing());
+    }
+
     /// What tungstenite itself writes for `Message::Text` from a server context.
     fn tungstenite_text(payload: &str) -> Vec<u8> {
         let mut ctx = WebSocketContext::new(
