@@ -283,8 +283,22 @@ impl Store {
         self.state.version = STATE_VERSION;
         let mut bytes = serde_json::to_vec_pretty(&self.state).map_err(io::Error::other)?;
         bytes.push(b'\n');
+        self.commit(&bytes)
+    }
+
+    /// Save a state held elsewhere (the running relay owns its `State`; the store owns the
+    /// file and the lock). The store's own copy is not updated.
+    pub fn save_state(&mut self, state: &State) -> io::Result<()> {
+        let mut v = serde_json::to_value(state).map_err(io::Error::other)?;
+        v["version"] = serde_json::json!(STATE_VERSION);
+        let mut bytes = serde_json::to_vec_pretty(&v).map_err(io::Error::other)?;
+        bytes.push(b'\n');
+        self.commit(&bytes)
+    }
+
+    fn commit(&mut self, bytes: &[u8]) -> io::Result<()> {
         let tmp = self.dir.join(TEMP_FILE);
-        if let Err(e) = write_synced(&tmp, &bytes) {
+        if let Err(e) = write_synced(&tmp, bytes) {
             let _ = fs::remove_file(&tmp);
             return Err(named(&tmp, e));
         }
@@ -402,9 +416,7 @@ fn take_lock(dir: &Path) -> Result<File, Fatal> {
         .mode(0o600)
         .open(&path)
         .map_err(|e| Fatal::State(format!("cannot open lock file {}: {e}", path.display())))?;
-    // `File::try_lock` (flock LOCK_EX|LOCK_NB on Unix) is std since 1.89; the toolchain is
-    // 1.95 but Cargo.toml still says rust-version 1.80 (reported to the lead for a bump).
-    #[allow(clippy::incompatible_msrv)]
+    // `File::try_lock` (flock LOCK_EX|LOCK_NB on Unix) is std since 1.89 (our rust-version).
     let locked = file.try_lock();
     match locked {
         Ok(()) => {}
