@@ -1,5 +1,6 @@
 //! fvtt-relay: a single-threaded mio relay between apps and a Foundry VTT world.
 //! See docs/ARCHITECTURE.md for the module map and the data flow.
 
+pub mod config;
 pub mod error;
 pub mod ids;
