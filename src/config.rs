@@ -271,7 +271,8 @@ options! {
         events_max_frame: usize = size("4K"), "bytes";
         /// Interval between control pings on /ws/events.
         events_ping_interval: Duration = duration("54s"), "time";
-        /// A /ws/events connection whose pong is this late after a ping is dropped.
+        /// A /ws/events connection that sent no pong or other frame for this long is
+        /// dropped; a ping goes out every --events-ping-interval to prompt one.
         events_pong_timeout: Duration = duration("1m"), "time";
         /// Events queued for one /ws/events socket before it counts as a slow consumer.
         events_max_queue_messages: usize = count("256"), "messages";
@@ -499,7 +500,7 @@ static RULES: &[Rule] = &[
         a: "events_pong_timeout",
         op: Op::Longer,
         b: "events_ping_interval",
-        why: "a peer must get a ping before its pong can be late",
+        why: "a peer must get a ping before it can be dropped for silence",
         holds: |c| c.events_pong_timeout > c.events_ping_interval,
     },
     Rule {
