@@ -1,0 +1,76 @@
+# fvtt-relay build, test and run targets. Needs only a Rust toolchain (cargo) plus the usual
+# POSIX tools; the WebSocket conformance check is skipped when its tools are unavailable.
+#
+#   make run          build a release binary and serve on 127.0.0.1:3010 with ./data
+#   make test         lint, unit + integration tests, quick Autobahn run (what CI runs)
+#   make conformance  full Autobahn run (301 cases) against a release build
+#   make lint         rustfmt check and clippy with warnings as errors
+#   make fmt          format the code
+#   make docs         regenerate docs/CONFIG.md from src/config.rs
+#   make bench        benchmarks (BENCH_QUICK=1 for `make bench-quick`)
+#   make bench-compare URL=https://relay.example.com KEY=... CLIENT_ID=fvtt_...
+#   make clean        remove build output (never ./data)
+
+CARGO    ?= cargo
+LISTEN   ?= 127.0.0.1:3010
+DATA_DIR ?= ./data
+
+.PHONY: run test unit conformance lint fmt docs bench bench-quick bench-compare clean tools
+
+run:
+	$(CARGO) build --release
+	target/release/fvtt-relay --listen $(LISTEN) --data-dir $(DATA_DIR)
+
+test: lint unit
+	scripts/conformance.sh --quick
+
+# cargo-nextest when installed (parallel, one process per test), else cargo test.
+# nextest gets --lib --bins --tests: a harness = false bench has no test list to offer it.
+unit:
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		echo "$(CARGO) nextest run --lib --bins --tests"; \
+		$(CARGO) nextest run --lib --bins --tests; \
+	else \
+		echo "$(CARGO) test --all-targets"; \
+		$(CARGO) test --all-targets; \
+	fi
+
+conformance:
+	$(CARGO) build --release
+	FVTT_RELAY_BIN=target/release/fvtt-relay scripts/conformance.sh
+
+lint: tools
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+# rustfmt and clippy are rustup components that a minimal toolchain may lack.
+tools:
+	@$(CARGO) fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+	@$(CARGO) clippy --version >/dev/null 2>&1 || rustup component add clippy
+
+fmt: tools
+	$(CARGO) fmt --all
+
+docs:
+	FVTT_RELAY_WRITE_DOCS=1 $(CARGO) test --lib config::tests::config_md_is_current
+
+bench: bench-exists
+	$(CARGO) bench --bench relay
+
+bench-quick: bench-exists
+	BENCH_QUICK=1 $(CARGO) bench --bench relay
+
+# Runs the same bench against another relay. URL, KEY and CLIENT_ID reach the bench through
+# the environment (make exports command-line variables), never through the echoed command.
+bench-compare: bench-exists
+	@test -n "$${URL:-}" && test -n "$${KEY:-}" && test -n "$${CLIENT_ID:-}" || \
+		{ echo "usage: make bench-compare URL=https://relay.example.com KEY=<api key> CLIENT_ID=<clientId>" >&2; exit 2; }
+	@echo "$(CARGO) bench --bench relay  (URL, KEY and CLIENT_ID from the environment)"
+	@$(CARGO) bench --bench relay
+
+.PHONY: bench-exists
+bench-exists:
+	@test -f benches/relay.rs || { echo "bench: benches/relay.rs is not written yet" >&2; exit 1; }
+
+clean:
+	$(CARGO) clean
