@@ -82,6 +82,8 @@ pub struct WsPhase {
     next_ping: Option<Instant>,
     ping_interval: Option<Duration>,
     idle_timeout: Option<Duration>,
+    /// The link stopped at its message budget and may hold complete frames already.
+    more: bool,
 }
 
 pub struct SsePhase {
@@ -395,6 +397,7 @@ impl Conn {
             next_ping: ping.map(|p| now + p),
             ping_interval: ping,
             idle_timeout: idle,
+            more: false,
         }));
         // Bytes that followed the handshake in the same read are frames: keep them.
         self.read_pending = true;
@@ -430,14 +433,17 @@ impl Conn {
         let Phase::Ws(w) = &mut self.phase else {
             return Ok(false);
         };
-        if self.inbuf.is_empty() {
+        if self.inbuf.is_empty() && !w.more {
             return Ok(false);
         }
-        w.last_rx = now;
+        if !self.inbuf.is_empty() {
+            w.last_rx = now;
+        }
         let mut out = Vec::new();
         let r = w.link.read(&mut self.inbuf, &mut out, events, max_messages);
         self.outq.push(out);
-        if matches!(r, Ok(true)) {
+        w.more = matches!(r, Ok(true));
+        if w.more {
             self.read_pending = true;
         }
         r
@@ -452,6 +458,18 @@ impl Conn {
         frame_text_into(payload.len(), &mut head);
         self.outq.push(head);
         self.outq.push(payload);
+    }
+
+    /// Queue one binary message (the echo route only).
+    pub fn ws_send_binary(&mut self, data: &[u8]) {
+        if self.is_closing() {
+            return;
+        }
+        if let Phase::Ws(w) = &mut self.phase {
+            let mut out = Vec::with_capacity(data.len() + 10);
+            w.link.send_binary(data, &mut out);
+            self.outq.push(out);
+        }
     }
 
     /// Start the closing handshake (WebSocket) or end the stream, then linger.

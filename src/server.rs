@@ -32,7 +32,7 @@ use crate::relay::io::{Action, Bytes, Endpoint, Input, Timer};
 use crate::relay::Relay;
 use crate::store::Store;
 use crate::ws::handshake;
-use crate::ws::link::{frame_binary_into, frame_text_into, WsEvent};
+use crate::ws::link::{frame_text_into, WsEvent};
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -495,10 +495,7 @@ impl Server {
                 WsEvent::Binary(data) => {
                     if endpoint == Some(Endpoint::Echo) {
                         if let Some(c) = self.conn_mut(id) {
-                            let mut head = Vec::with_capacity(10);
-                            frame_binary_into(data.len(), &mut head);
-                            c.outq.push(head);
-                            c.outq.push(data);
+                            c.ws_send_binary(&data);
                         }
                     } else {
                         // The module and the client APIs speak JSON text only; a binary
@@ -559,6 +556,7 @@ impl Server {
             Action::Accept { conn, endpoint } => self.accept_ws(conn, endpoint, now),
             Action::StartSse { conn, headers } => {
                 let date = self.date.get(SystemTime::now()).to_string();
+                let cfg = self.cfg.clone();
                 let Some(c) = self.conn_mut(conn) else { return };
                 let (_, _, minor) = c.http_meta();
                 let mut head = Vec::with_capacity(512);
@@ -576,7 +574,7 @@ impl Server {
                     &mut head,
                 );
                 c.outq.push(head);
-                c.start_sse(&self.cfg, now);
+                c.start_sse(&cfg, now);
                 self.mark_dirty(conn);
                 self.rearm(conn);
             }
