@@ -3,3 +3,5 @@
 
 pub mod error;
 pub mod ids;
+pub mod relay;
+pub mod sse;
