@@ -1324,89 +1324,36 @@ mod tests {
     }
 
     #[test]
+    #[rustfmt::skip]
     fn naming_and_payload_for_every_channel() {
         let msg = chat_msg("c1", "Bob", Some("a1"), "u1", &[]);
         let combatant = json!({"id": "k1", "name": "Goblin", "initiative": 12, "defeated": false, "uuid": "Scene.s.Token.t"});
+        let start = json!({"eventType": "start", "encounterId": "e1", "round": 1, "turn": 0, "started": true, "combatants": [combatant]});
+        let turn = json!({"eventType": "turn", "encounterId": "e1", "round": 1, "turn": 1, "started": true, "combatants": []});
+        let add = json!({"eventType": "combatant-add", "encounterId": "e1", "combatant": combatant});
+        let end = json!({"eventType": "end", "encounterId": "e1", "round": 3});
+        let hook = json!({"hook": "createActor", "args": [{"_id": "a1", "name": "x"}, {}, "uid"]});
+        let pause = json!({"hook": "pauseGame", "args": [true]});
+        let a_upd = json!({"actorUuid": "Actor.a1", "eventType": "update", "changes": {"system": {"hp": 3}}});
+        let a_rem = json!({"actorUuid": "Actor.a1", "eventType": "item-remove", "itemId": "i1", "itemName": "Sword"});
+        let s_tok = json!({"sceneId": "s1", "eventType": "token-update", "tokenId": "t1", "changes": {"x": 100}});
+        let s_act = json!({"sceneId": "s1", "eventType": "scene-activate", "name": "Cave"});
+        // (module type, module `data`, event name, delivered payload)
         let cases: Vec<(&str, Value, &str, Value)> = vec![
-            (
-                "chat-event",
-                json!({"eventType": "create", "data": msg}),
-                "chat-create",
-                msg.clone(),
-            ),
-            (
-                "chat-event",
-                json!({"eventType": "update", "data": msg}),
-                "chat-update",
-                msg.clone(),
-            ),
-            (
-                "chat-event",
-                json!({"eventType": "delete", "data": {"id": "c1"}}),
-                "chat-delete",
-                json!({"id": "c1"}),
-            ),
-            ("roll-data", roll_data("u1"), "roll", roll_data("u1")),
-            (
-                "hook-event",
-                json!({"hook": "createActor", "args": [{"_id": "a1", "name": "x"}, {}, "uid"]}),
-                "createActor",
-                json!({"hook": "createActor", "args": [{"_id": "a1", "name": "x"}, {}, "uid"]}),
-            ),
-            (
-                "hook-event",
-                json!({"hook": "pauseGame", "args": [true]}),
-                "pauseGame",
-                json!({"hook": "pauseGame", "args": [true]}),
-            ),
-            (
-                "combat-event",
-                json!({"eventType": "start", "encounterId": "e1", "round": 1, "turn": 0, "started": true, "combatants": [combatant]}),
-                "combat-start",
-                json!({"eventType": "start", "encounterId": "e1", "round": 1, "turn": 0, "started": true, "combatants": [combatant]}),
-            ),
-            (
-                "combat-event",
-                json!({"eventType": "turn", "encounterId": "e1", "round": 1, "turn": 1, "started": true, "combatants": []}),
-                "combat-turn",
-                json!({"eventType": "turn", "encounterId": "e1", "round": 1, "turn": 1, "started": true, "combatants": []}),
-            ),
-            (
-                "combat-event",
-                json!({"eventType": "combatant-add", "encounterId": "e1", "combatant": combatant}),
-                "combat-combatant-add",
-                json!({"eventType": "combatant-add", "encounterId": "e1", "combatant": combatant}),
-            ),
-            (
-                "combat-event",
-                json!({"eventType": "end", "encounterId": "e1", "round": 3}),
-                "combat-end",
-                json!({"eventType": "end", "encounterId": "e1", "round": 3}),
-            ),
-            (
-                "actor-event",
-                json!({"actorUuid": "Actor.a1", "eventType": "update", "changes": {"system": {"hp": 3}}}),
-                "actor-update",
-                json!({"actorUuid": "Actor.a1", "eventType": "update", "changes": {"system": {"hp": 3}}}),
-            ),
-            (
-                "actor-event",
-                json!({"actorUuid": "Actor.a1", "eventType": "item-remove", "itemId": "i1", "itemName": "Sword"}),
-                "actor-item-remove",
-                json!({"actorUuid": "Actor.a1", "eventType": "item-remove", "itemId": "i1", "itemName": "Sword"}),
-            ),
-            (
-                "scene-event",
-                json!({"sceneId": "s1", "eventType": "token-update", "tokenId": "t1", "changes": {"x": 100}}),
-                "scene-token-update",
-                json!({"sceneId": "s1", "eventType": "token-update", "tokenId": "t1", "changes": {"x": 100}}),
-            ),
-            (
-                "scene-event",
-                json!({"sceneId": "s1", "eventType": "scene-activate", "name": "Cave"}),
-                "scene-scene-activate",
-                json!({"sceneId": "s1", "eventType": "scene-activate", "name": "Cave"}),
-            ),
+            ("chat-event",   json!({"eventType": "create", "data": msg}),         "chat-create",          msg.clone()),
+            ("chat-event",   json!({"eventType": "update", "data": msg}),         "chat-update",          msg.clone()),
+            ("chat-event",   json!({"eventType": "delete", "data": {"id": "c1"}}), "chat-delete",         json!({"id": "c1"})),
+            ("roll-data",    roll_data("u1"),                                     "roll",                 roll_data("u1")),
+            ("hook-event",   hook.clone(),                                        "createActor",          hook.clone()),
+            ("hook-event",   pause.clone(),                                       "pauseGame",            pause.clone()),
+            ("combat-event", start.clone(),                                       "combat-start",         start.clone()),
+            ("combat-event", turn.clone(),                                        "combat-turn",          turn.clone()),
+            ("combat-event", add.clone(),                                         "combat-combatant-add", add.clone()),
+            ("combat-event", end.clone(),                                         "combat-end",           end.clone()),
+            ("actor-event",  a_upd.clone(),                                       "actor-update",         a_upd.clone()),
+            ("actor-event",  a_rem.clone(),                                       "actor-item-remove",    a_rem.clone()),
+            ("scene-event",  s_tok.clone(),                                       "scene-token-update",   s_tok.clone()),
+            ("scene-event",  s_act.clone(),                                       "scene-scene-activate", s_act.clone()),
         ];
         for (i, (mtype, data, name, payload)) in cases.into_iter().enumerate() {
             let mut h = hub();
@@ -1489,33 +1436,14 @@ mod tests {
     }
 
     #[test]
+    #[rustfmt::skip]
     fn ws_api_labels_per_channel() {
         let cases = [
-            (
-                "chat-event",
-                json!({"eventType": "delete", "data": {"id": "x"}}),
-                r#"{"type":"chat-event","event":"chat-delete","seq":1,"data":{"id":"x"}}"#,
-            ),
-            (
-                "roll-data",
-                json!({"user": {"id": "u"}}),
-                r#"{"type":"roll-event","seq":1,"data":{"user":{"id":"u"}}}"#,
-            ),
-            (
-                "hook-event",
-                json!({"hook": "canvasReady", "args": []}),
-                r#"{"type":"hook-event","hook":"canvasReady","seq":1,"data":{"args":[],"hook":"canvasReady"}}"#,
-            ),
-            (
-                "actor-event",
-                json!({"eventType": "update", "actorUuid": "A"}),
-                r#"{"type":"actor-event","event":"actor-update","seq":1,"data":{"actorUuid":"A","eventType":"update"}}"#,
-            ),
-            (
-                "scene-event",
-                json!({"eventType": "wall-delete", "sceneId": "S", "wallId": "w"}),
-                r#"{"type":"scene-event","event":"scene-wall-delete","seq":1,"data":{"eventType":"wall-delete","sceneId":"S","wallId":"w"}}"#,
-            ),
+            ("chat-event",  json!({"eventType": "delete", "data": {"id": "x"}}),               r#"{"type":"chat-event","event":"chat-delete","seq":1,"data":{"id":"x"}}"#),
+            ("roll-data",   json!({"user": {"id": "u"}}),                                      r#"{"type":"roll-event","seq":1,"data":{"user":{"id":"u"}}}"#),
+            ("hook-event",  json!({"hook": "canvasReady", "args": []}),                        r#"{"type":"hook-event","hook":"canvasReady","seq":1,"data":{"args":[],"hook":"canvasReady"}}"#),
+            ("actor-event", json!({"eventType": "update", "actorUuid": "A"}),                  r#"{"type":"actor-event","event":"actor-update","seq":1,"data":{"actorUuid":"A","eventType":"update"}}"#),
+            ("scene-event", json!({"eventType": "wall-delete", "sceneId": "S", "wallId": "w"}), r#"{"type":"scene-event","event":"scene-wall-delete","seq":1,"data":{"eventType":"wall-delete","sceneId":"S","wallId":"w"}}"#),
         ];
         for (mtype, data, want) in cases {
             let e = ev(mtype, data);
@@ -1524,332 +1452,94 @@ mod tests {
     }
 
     #[test]
+    #[rustfmt::skip]
     fn query_filters() {
-        let pub_bob = json!({"eventType": "create", "data": chat_msg("c1", "Bob", Some("actorB"), "u1", &[])});
-        let whisper_to_u2 =
-            json!({"eventType": "create", "data": chat_msg("c2", "Ann", None, "u1", &["u2"])});
+        let bob = json!({"eventType": "create", "data": chat_msg("c1", "Bob", Some("actorB"), "u1", &[])});
+        let to_u2 = json!({"eventType": "create", "data": chat_msg("c2", "Ann", None, "u1", &["u2"])});
         let delete = json!({"eventType": "delete", "data": {"id": "c9"}});
-        type Case<'a> = (Channel, &'a [(&'a str, &'a str)], &'a str, Value, bool);
+        let upd_actor = json!({"hook": "updateActor", "args": []});
+        let turn = json!({"eventType": "turn", "encounterId": "e1"});
+        let a1 = json!({"eventType": "update", "actorUuid": "Actor.a1"});
+        let s1 = json!({"eventType": "token-create", "sceneId": "s1"});
+        let no_scene = json!({"eventType": "token-create"});
+        let roll = roll_data("u1");
+        use Channel::*;
+        type Case<'a> = (Channel, &'a [(&'a str, &'a str)], &'a str, &'a Value, bool);
         let cases: Vec<Case> = vec![
-            (Channel::Chat, &[], "chat-event", pub_bob.clone(), true),
-            (
-                Channel::Chat,
-                &[("speaker", "Bob")],
-                "chat-event",
-                pub_bob.clone(),
-                true,
-            ),
-            (
-                Channel::Chat,
-                &[("speaker", "actorB")],
-                "chat-event",
-                pub_bob.clone(),
-                true,
-            ),
-            (
-                Channel::Chat,
-                &[("speaker", "Ann")],
-                "chat-event",
-                pub_bob.clone(),
-                false,
-            ),
-            (
-                Channel::Chat,
-                &[("speaker", "")],
-                "chat-event",
-                pub_bob.clone(),
-                true,
-            ),
-            (
-                Channel::Chat,
-                &[("type", "base")],
-                "chat-event",
-                pub_bob.clone(),
-                true,
-            ),
-            (
-                Channel::Chat,
-                &[("type", "0")],
-                "chat-event",
-                pub_bob.clone(),
-                false,
-            ),
-            (
-                Channel::Chat,
-                &[("whisperOnly", "true")],
-                "chat-event",
-                pub_bob.clone(),
-                false,
-            ),
-            (
-                Channel::Chat,
-                &[("whisperOnly", "false")],
-                "chat-event",
-                pub_bob.clone(),
-                true,
-            ),
-            (
-                Channel::Chat,
-                &[("whisperOnly", "true")],
-                "chat-event",
-                whisper_to_u2.clone(),
-                true,
-            ),
-            (
-                Channel::Chat,
-                &[("userId", "u3")],
-                "chat-event",
-                pub_bob.clone(),
-                true,
-            ),
-            (
-                Channel::Chat,
-                &[("userId", "u3")],
-                "chat-event",
-                whisper_to_u2.clone(),
-                false,
-            ),
-            (
-                Channel::Chat,
-                &[("userId", "u2")],
-                "chat-event",
-                whisper_to_u2.clone(),
-                true,
-            ),
-            (
-                Channel::Chat,
-                &[("userId", "u1")],
-                "chat-event",
-                whisper_to_u2.clone(),
-                true,
-            ),
-            (
-                Channel::Chat,
-                &[("userId", "name-u1")],
-                "chat-event",
-                whisper_to_u2.clone(),
-                true,
-            ),
-            (
-                Channel::Chat,
-                &[("speaker", "Zed"), ("userId", "u3")],
-                "chat-event",
-                delete.clone(),
-                true,
-            ),
-            (
-                Channel::Chat,
-                &[("sceneId", "S")],
-                "chat-event",
-                pub_bob.clone(),
-                true,
-            ),
-            (
-                Channel::Roll,
-                &[("userId", "u1")],
-                "roll-data",
-                roll_data("u1"),
-                true,
-            ),
-            (
-                Channel::Roll,
-                &[("userId", "Gamemaster")],
-                "roll-data",
-                roll_data("u1"),
-                true,
-            ),
-            (
-                Channel::Roll,
-                &[("userId", "u2")],
-                "roll-data",
-                roll_data("u1"),
-                false,
-            ),
-            (
-                Channel::Hooks,
-                &[("hooks", "createActor, updateActor")],
-                "hook-event",
-                json!({"hook": "updateActor", "args": []}),
-                true,
-            ),
-            (
-                Channel::Hooks,
-                &[("hooks", "createActor")],
-                "hook-event",
-                json!({"hook": "updateActor", "args": []}),
-                false,
-            ),
-            (
-                Channel::Hooks,
-                &[("hooks", " , ")],
-                "hook-event",
-                json!({"hook": "updateActor", "args": []}),
-                true,
-            ),
-            (
-                Channel::Combat,
-                &[("encounterId", "e1")],
-                "combat-event",
-                json!({"eventType": "turn", "encounterId": "e1"}),
-                true,
-            ),
-            (
-                Channel::Combat,
-                &[("encounterId", "e2")],
-                "combat-event",
-                json!({"eventType": "turn", "encounterId": "e1"}),
-                false,
-            ),
-            (
-                Channel::Actor,
-                &[("actorUuid", "Actor.a1")],
-                "actor-event",
-                json!({"eventType": "update", "actorUuid": "Actor.a1"}),
-                true,
-            ),
-            (
-                Channel::Actor,
-                &[("actorUuid", "Actor.a2")],
-                "actor-event",
-                json!({"eventType": "update", "actorUuid": "Actor.a1"}),
-                false,
-            ),
-            (
-                Channel::Scene,
-                &[("sceneId", "s1")],
-                "scene-event",
-                json!({"eventType": "token-create", "sceneId": "s1"}),
-                true,
-            ),
-            (
-                Channel::Scene,
-                &[("sceneId", "s2")],
-                "scene-event",
-                json!({"eventType": "token-create", "sceneId": "s1"}),
-                false,
-            ),
-            (
-                Channel::Scene,
-                &[("sceneId", "s2")],
-                "scene-event",
-                json!({"eventType": "token-create"}),
-                false,
-            ),
+            (Chat,   &[],                                   "chat-event",   &bob,    true),
+            (Chat,   &[("speaker", "Bob")],                 "chat-event",   &bob,    true),
+            (Chat,   &[("speaker", "actorB")],              "chat-event",   &bob,    true),
+            (Chat,   &[("speaker", "Ann")],                 "chat-event",   &bob,    false),
+            (Chat,   &[("speaker", "")],                    "chat-event",   &bob,    true),
+            (Chat,   &[("type", "base")],                   "chat-event",   &bob,    true),
+            (Chat,   &[("type", "0")],                      "chat-event",   &bob,    false),
+            (Chat,   &[("whisperOnly", "true")],            "chat-event",   &bob,    false),
+            (Chat,   &[("whisperOnly", "false")],           "chat-event",   &bob,    true),
+            (Chat,   &[("whisperOnly", "true")],            "chat-event",   &to_u2,  true),
+            (Chat,   &[("userId", "u3")],                   "chat-event",   &bob,    true),
+            (Chat,   &[("userId", "u3")],                   "chat-event",   &to_u2,  false),
+            (Chat,   &[("userId", "u2")],                   "chat-event",   &to_u2,  true),
+            (Chat,   &[("userId", "u1")],                   "chat-event",   &to_u2,  true),
+            (Chat,   &[("userId", "name-u1")],              "chat-event",   &to_u2,  true),
+            (Chat,   &[("speaker", "Zed"), ("userId", "u3")], "chat-event", &delete, true),
+            (Chat,   &[("sceneId", "S")],                   "chat-event",   &bob,    true),
+            (Roll,   &[("userId", "u1")],                   "roll-data",    &roll,            true),
+            (Roll,   &[("userId", "Gamemaster")],           "roll-data",    &roll,            true),
+            (Roll,   &[("userId", "u2")],                   "roll-data",    &roll,            false),
+            (Hooks,  &[("hooks", "createActor, updateActor")], "hook-event", &upd_actor, true),
+            (Hooks,  &[("hooks", "createActor")],           "hook-event",   &upd_actor, false),
+            (Hooks,  &[("hooks", " , ")],                   "hook-event",   &upd_actor, true),
+            (Combat, &[("encounterId", "e1")],              "combat-event", &turn,   true),
+            (Combat, &[("encounterId", "e2")],              "combat-event", &turn,   false),
+            (Actor,  &[("actorUuid", "Actor.a1")],          "actor-event",  &a1,     true),
+            (Actor,  &[("actorUuid", "Actor.a2")],          "actor-event",  &a1,     false),
+            (Scene,  &[("sceneId", "s1")],                  "scene-event",  &s1,     true),
+            (Scene,  &[("sceneId", "s2")],                  "scene-event",  &s1,     false),
+            (Scene,  &[("sceneId", "s2")],                  "scene-event",  &no_scene, false),
         ];
         for (ch, pairs, mtype, data, want) in cases {
             let f = Filters::from_query(ch, pairs.iter().copied());
-            assert_eq!(
-                f.matches(&ev(mtype, data.clone())),
-                want,
-                "{ch:?} {pairs:?} {data}"
-            );
+            assert_eq!(f.matches(&ev(mtype, data.clone())), want, "{ch:?} {pairs:?} {data}");
         }
     }
 
     #[test]
+    #[rustfmt::skip]
     fn json_filters() {
-        let whisper =
-            json!({"eventType": "update", "data": chat_msg("c2", "Ann", None, "u1", &["u2"])});
+        let w = json!({"eventType": "update", "data": chat_msg("c2", "Ann", None, "u1", &["u2"])});
+        let del_tok = json!({"hook": "deleteToken"});
+        use Channel::*;
         let cases: Vec<(Channel, Value, &str, Value, bool)> = vec![
-            (
-                Channel::Chat,
-                json!({"speaker": "Ann", "whisperOnly": true}),
-                "chat-event",
-                whisper.clone(),
-                true,
-            ),
-            (
-                Channel::Chat,
-                json!({"userId": "u3"}),
-                "chat-event",
-                whisper.clone(),
-                false,
-            ),
-            (
-                Channel::Chat,
-                json!({"type": "base", "whisperOnly": "true"}),
-                "chat-event",
-                whisper.clone(),
-                true,
-            ),
-            (
-                Channel::Chat,
-                json!({"type": 1}),
-                "chat-event",
-                whisper.clone(),
-                false,
-            ),
-            (
-                Channel::Hooks,
-                json!({"hookFilters": ["deleteToken"]}),
-                "hook-event",
-                json!({"hook": "deleteToken"}),
-                true,
-            ),
-            (
-                Channel::Hooks,
-                json!({"hookFilters": ["createToken"]}),
-                "hook-event",
-                json!({"hook": "deleteToken"}),
-                false,
-            ),
-            (
-                Channel::Hooks,
-                json!({"hooks": "createToken,deleteToken"}),
-                "hook-event",
-                json!({"hook": "deleteToken"}),
-                true,
-            ),
-            (
-                Channel::Combat,
-                json!({"encounterId": "e2"}),
-                "combat-event",
-                json!({"eventType": "end", "encounterId": "e1"}),
-                false,
-            ),
-            (
-                Channel::Actor,
-                json!({"actorUuid": "A"}),
-                "actor-event",
-                json!({"eventType": "effect-add", "actorUuid": "A"}),
-                true,
-            ),
-            (
-                Channel::Scene,
-                json!({"sceneId": null}),
-                "scene-event",
-                json!({"eventType": "light-delete", "sceneId": "S"}),
-                true,
-            ),
-            (
-                Channel::Roll,
-                json!({"userId": "u9", "speaker": 5}),
-                "roll-data",
-                roll_data("u1"),
-                false,
-            ),
+            (Chat,   json!({"speaker": "Ann", "whisperOnly": true}),      "chat-event",   w.clone(), true),
+            (Chat,   json!({"userId": "u3"}),                             "chat-event",   w.clone(), false),
+            (Chat,   json!({"type": "base", "whisperOnly": "true"}),      "chat-event",   w.clone(), true),
+            (Chat,   json!({"type": 1}),                                  "chat-event",   w.clone(), false),
+            (Hooks,  json!({"hookFilters": ["deleteToken"]}),             "hook-event",   del_tok.clone(), true),
+            (Hooks,  json!({"hookFilters": ["createToken"]}),             "hook-event",   del_tok.clone(), false),
+            (Hooks,  json!({"hooks": "createToken,deleteToken"}),         "hook-event",   del_tok.clone(), true),
+            (Combat, json!({"encounterId": "e2"}),                        "combat-event", json!({"eventType": "end", "encounterId": "e1"}), false),
+            (Actor,  json!({"actorUuid": "A"}),                           "actor-event",  json!({"eventType": "effect-add", "actorUuid": "A"}), true),
+            (Scene,  json!({"sceneId": null}),                            "scene-event",  json!({"eventType": "light-delete", "sceneId": "S"}), true),
+            (Roll,   json!({"userId": "u9", "speaker": 5}),               "roll-data",    roll_data("u1"), false),
         ];
         for (ch, filters, mtype, data, want) in cases {
             let f = Filters::from_json(ch, Some(&filters)).unwrap();
             assert_eq!(f.matches(&ev(mtype, data)), want, "{ch:?} {filters}");
         }
         let errors: Vec<(Channel, Value)> = vec![
-            (Channel::Chat, json!("speaker=Bob")),
-            (Channel::Chat, json!({"speaker": 3})),
-            (Channel::Chat, json!({"type": [1]})),
-            (Channel::Chat, json!({"whisperOnly": 1})),
-            (Channel::Roll, json!({"userId": {"id": "u"}})),
-            (Channel::Hooks, json!({"hookFilters": [1]})),
-            (Channel::Hooks, json!({"hookFilters": {}})),
-            (Channel::Actor, json!({"actorUuid": false})),
+            (Chat,  json!("speaker=Bob")),
+            (Chat,  json!({"speaker": 3})),
+            (Chat,  json!({"type": [1]})),
+            (Chat,  json!({"whisperOnly": 1})),
+            (Roll,  json!({"userId": {"id": "u"}})),
+            (Hooks, json!({"hookFilters": [1]})),
+            (Hooks, json!({"hookFilters": {}})),
+            (Actor, json!({"actorUuid": false})),
         ];
         for (ch, filters) in errors {
             assert!(Filters::from_json(ch, Some(&filters)).is_err(), "{filters}");
         }
-        assert_eq!(
-            Filters::from_json(Channel::Chat, None),
-            Ok(Filters::default())
-        );
+        assert_eq!(Filters::from_json(Chat, None), Ok(Filters::default()));
     }
 
     #[test]
@@ -2289,26 +1979,16 @@ mod tests {
     }
 
     #[test]
+    #[rustfmt::skip]
     fn resume_point_parse() {
+        let at = |epoch: &str, seq| ResumePoint::LastEventId { epoch: epoch.into(), seq };
         let cases = [
-            (
-                "ab12cd34-17",
-                ResumePoint::LastEventId {
-                    epoch: "ab12cd34".into(),
-                    seq: 17,
-                },
-            ),
-            (
-                " ep-0 ",
-                ResumePoint::LastEventId {
-                    epoch: "ep".into(),
-                    seq: 0,
-                },
-            ),
+            ("ab12cd34-17",               at("ab12cd34", 17)),
+            (" ep-0 ",                    at("ep", 0)),
             ("ep-99999999999999999999999", ResumePoint::Invalid),
-            ("-5", ResumePoint::Invalid),
-            ("ep-5-6", ResumePoint::Invalid),
-            ("5", ResumePoint::Invalid),
+            ("-5",                        ResumePoint::Invalid),
+            ("ep-5-6",                    ResumePoint::Invalid),
+            ("5",                         ResumePoint::Invalid),
         ];
         for (s, want) in cases {
             assert_eq!(ResumePoint::from_last_event_id(s), want, "{s}");
