@@ -11,6 +11,7 @@
 
 pub mod events;
 pub mod forward;
+pub mod hub;
 pub mod io;
 pub mod link;
 pub mod pending;
