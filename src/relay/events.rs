@@ -1,6 +1,7 @@
 //! Live events: the fan-out of module events to SSE streams and WebSocket subscribers.
 //! (Filled in by the events work; the world link calls these hooks.)
 
+use std::net::IpAddr;
 use std::time::Instant;
 
 use serde_json::Value;
@@ -57,4 +58,40 @@ impl Relay {
             payload: Bytes::Owned(text.into_bytes()),
         });
     }
+
+    pub(crate) fn api_upgrade(
+        &mut self,
+        conn: ConnId,
+        _peer: IpAddr,
+        _head: &Head,
+        _now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        out.push(Action::Respond {
+            conn,
+            resp: Response::error(501, "Not available yet"),
+        });
+    }
+
+    pub(crate) fn events_upgrade(
+        &mut self,
+        conn: ConnId,
+        _peer: IpAddr,
+        _head: &Head,
+        _now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        out.push(Action::Respond {
+            conn,
+            resp: Response::error(501, "Not available yet"),
+        });
+    }
+
+    pub(crate) fn api_message(&mut self, _conn: ConnId, _text: String, _now: Instant, _out: &mut Vec<Action>) {}
+
+    pub(crate) fn events_message(&mut self, _conn: ConnId, _text: String, _now: Instant, _out: &mut Vec<Action>) {}
+
+    pub(crate) fn subscriber_closed(&mut self, _conn: ConnId, _now: Instant, _out: &mut Vec<Action>) {}
+
+    pub(crate) fn subscriber_auth_timeout(&mut self, _conn: ConnId, _now: Instant, _out: &mut Vec<Action>) {}
 }

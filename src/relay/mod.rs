@@ -14,6 +14,7 @@ pub mod forward;
 pub mod hub;
 pub mod io;
 pub mod link;
+pub mod pairing;
 pub mod pending;
 pub mod rest;
 pub mod world;
@@ -52,6 +53,12 @@ pub(crate) enum Role {
     ModuleAuth { meta: Meta, peer: IpAddr },
     /// An authenticated world link (its clientId is in `Worlds`).
     Module,
+    /// A `/ws/api` client socket (state in `events.rs`).
+    Api,
+    /// A `/ws/events` gateway socket (state in `events.rs`).
+    Events,
+    /// An SSE stream (state in `events.rs`).
+    Sse,
 }
 
 pub struct Relay {
@@ -102,7 +109,9 @@ impl Relay {
             Input::WsText { conn, text } => match self.roles.get(&conn) {
                 Some(Role::ModuleAuth { .. }) => self.module_auth(conn, &text, now, out),
                 Some(Role::Module) => self.module_message(conn, text, now, out),
-                None => {}
+                Some(Role::Api) => self.api_message(conn, text, now, out),
+                Some(Role::Events) => self.events_message(conn, text, now, out),
+                Some(Role::Sse) | None => {}
             },
             Input::Closed { conn } => self.on_closed(conn, now, out),
             Input::Timer(t) => self.on_timer(t, now, out),
@@ -114,20 +123,23 @@ impl Relay {
         self.pending.drop_caller(conn);
         match self.roles.remove(&conn) {
             Some(Role::Module) => self.module_closed(conn, now, out),
+            Some(Role::Api) | Some(Role::Events) | Some(Role::Sse) => {
+                self.subscriber_closed(conn, now, out)
+            }
             Some(Role::ModuleAuth { .. }) | None => {}
         }
     }
 
     fn on_timer(&mut self, t: Timer, now: Instant, out: &mut Vec<Action>) {
         match t {
-            Timer::Auth(conn) => {
-                if let Some(Role::ModuleAuth { .. }) = self.roles.get(&conn) {
-                    out.push(Action::Close {
-                        conn,
-                        close: WsClose::new(4002, "Authentication timeout"),
-                    });
-                }
-            }
+            Timer::Auth(conn) => match self.roles.get(&conn) {
+                Some(Role::ModuleAuth { .. }) => out.push(Action::Close {
+                    conn,
+                    close: WsClose::new(4002, "Authentication timeout"),
+                }),
+                Some(Role::Api) | Some(Role::Events) => self.subscriber_auth_timeout(conn, now, out),
+                _ => {}
+            },
             Timer::Request(serial) => self.request_timeout(serial, now, out),
             Timer::Sweep => {}
         }

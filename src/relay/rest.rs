@@ -53,6 +53,10 @@ impl Relay {
         let path = normalize_path(&head.path);
         match path {
             "/relay" | "/" => self.module_upgrade(conn, peer, head, now, out),
+            "/ws/api" => self.api_upgrade(conn, peer, head, now, out),
+            p if p == "/ws/events" || p.starts_with("/ws/events/") => {
+                self.events_upgrade(conn, peer, head, now, out)
+            }
             _ => out.push(Action::Respond {
                 conn,
                 resp: Response::error(404, "Not found"),
@@ -63,13 +67,17 @@ impl Relay {
     pub(crate) fn on_request(
         &mut self,
         conn: ConnId,
-        _peer: IpAddr,
+        peer: IpAddr,
         head: &Head,
         body: Vec<u8>,
         now: Instant,
         out: &mut Vec<Action>,
     ) {
         let path = normalize_path(&head.path).to_string();
+        // Pairing, the owner's admin API and pages (relay/pairing.rs, relay/admin.rs).
+        if self.owner_route(conn, peer, head, &path, &body, now, out) {
+            return;
+        }
         if head.method == Method::Options {
             out.push(Action::Respond {
                 conn,
