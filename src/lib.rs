@@ -2,4 +2,6 @@
 //! See docs/ARCHITECTURE.md for the module map and the data flow.
 
 pub mod error;
+pub mod http;
 pub mod ids;
+pub mod relay;
