@@ -5,6 +5,7 @@
 
 pub mod request;
 pub mod response;
+pub mod route;
 
 pub use request::{BodyDecoder, BodyKind, Head, HeadParser, Header, Limits, Method};
 pub use response::{
