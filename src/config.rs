@@ -788,7 +788,7 @@ mod size {
     pub fn show(v: &usize) -> String {
         for (shift, suffix) in [(30, "G"), (20, "M"), (10, "K")] {
             let unit = 1usize << shift;
-            if *v >= unit && v % unit == 0 {
+            if *v >= unit && v.is_multiple_of(unit) {
                 return format!("{}{suffix}", v / unit);
             }
         }
@@ -830,12 +830,12 @@ mod duration {
     /// The largest unit that divides exactly; sub-millisecond values print in `ns`, which
     /// `parse` rejects, so `validate` refuses them.
     pub fn show(v: &Duration) -> String {
-        if v.subsec_nanos() % 1_000_000 != 0 {
+        if !v.subsec_nanos().is_multiple_of(1_000_000) {
             return format!("{}ns", v.as_nanos());
         }
         let ms = v.as_millis();
         for (unit_ms, suffix) in [(3_600_000, "h"), (60_000, "m"), (1_000, "s")] {
-            if ms >= unit_ms && ms % unit_ms == 0 {
+            if ms >= unit_ms && ms.is_multiple_of(unit_ms) {
                 return format!("{}{suffix}", ms / unit_ms);
             }
         }

@@ -190,7 +190,13 @@ impl Conn {
     }
 
     fn set_phase(&mut self, next: Phase) {
-        debug!("{} {} {} -> {}", self.id, self.peer, self.phase.name(), next.name());
+        debug!(
+            "{} {} {} -> {}",
+            self.id,
+            self.peer,
+            self.phase.name(),
+            next.name()
+        );
         self.phase = next;
     }
 

@@ -31,7 +31,10 @@ impl<T> Ord for Entry<T> {
     // Reversed so that BinaryHeap (a max-heap) pops the earliest deadline first; `seq`
     // keeps equal instants in insertion order.
     fn cmp(&self, other: &Self) -> Ordering {
-        other.at.cmp(&self.at).then_with(|| other.seq.cmp(&self.seq))
+        other
+            .at
+            .cmp(&self.at)
+            .then_with(|| other.seq.cmp(&self.seq))
     }
 }
 

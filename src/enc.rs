@@ -52,7 +52,7 @@ pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
     let clean: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
     let body_len = clean.iter().rposition(|&b| b != b'=').map_or(0, |i| i + 1);
     let pad = clean.len() - body_len;
-    if pad > 2 || (pad > 0 && clean.len() % 4 != 0) {
+    if pad > 2 || (pad > 0 && !clean.len().is_multiple_of(4)) {
         return None;
     }
     let body = clean.get(..body_len)?;
@@ -97,7 +97,7 @@ fn hex_value(c: u8) -> Option<u8> {
 /// Hex decoding, either case. Odd length or a non-hex digit gives `None`.
 pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
     let bytes = s.as_bytes();
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return None;
     }
     bytes

@@ -75,7 +75,10 @@ fn serve(cfg: Config) -> Result<(), Fatal> {
     // The one line on stdout: scripts and tests read the bound port from it.
     println!("fvtt-relay listening on http://{addr}");
     let _ = std::io::stdout().flush();
-    log::info!("fvtt-relay {} listening on {addr}", env!("CARGO_PKG_VERSION"));
+    log::info!(
+        "fvtt-relay {} listening on {addr}",
+        env!("CARGO_PKG_VERSION")
+    );
     server.run()
 }
 

@@ -111,8 +111,8 @@ impl Server {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(|e| Fatal::Io(format!("register listener: {e}")))?;
-        let mut signals = Signals::new([SIGTERM, SIGINT])
-            .map_err(|e| Fatal::Io(format!("signals: {e}")))?;
+        let mut signals =
+            Signals::new([SIGTERM, SIGINT]).map_err(|e| Fatal::Io(format!("signals: {e}")))?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(|e| Fatal::Io(format!("register signals: {e}")))?;
@@ -284,7 +284,8 @@ impl Server {
                         self.emfile_logged = true;
                     }
                     self.accept_paused = true;
-                    self.timers.arm(now + ACCEPT_BACKOFF, LoopTimer::ResumeAccept);
+                    self.timers
+                        .arm(now + ACCEPT_BACKOFF, LoopTimer::ResumeAccept);
                     break;
                 }
                 Err(e) => {
@@ -324,11 +325,11 @@ impl Server {
             gen: self.next_gen,
         };
         let mut conn = Conn::new(id, sock, peer, now);
-        if let Err(e) =
-            self.poll
-                .registry()
-                .register(&mut conn.sock, Token(key + FIRST_CONN), Interest::READABLE)
-        {
+        if let Err(e) = self.poll.registry().register(
+            &mut conn.sock,
+            Token(key + FIRST_CONN),
+            Interest::READABLE,
+        ) {
             warn!("{peer}: register: {e}");
             return;
         }
@@ -450,7 +451,7 @@ impl Server {
                     if is_echo && self.cfg.test_echo {
                         self.accept_ws(id, Endpoint::Echo, now);
                     } else {
-                        self.to_relay(
+                        self.send_to_relay(
                             Input::Upgrade {
                                 conn: id,
                                 peer,
@@ -463,7 +464,7 @@ impl Server {
             }
             return;
         }
-        self.to_relay(
+        self.send_to_relay(
             Input::Request {
                 conn: id,
                 peer,
@@ -489,7 +490,7 @@ impl Server {
                             c.ws_send_owned(text.into_bytes());
                         }
                     } else {
-                        self.to_relay(Input::WsText { conn: id, text }, now);
+                        self.send_to_relay(Input::WsText { conn: id, text }, now);
                     }
                 }
                 WsEvent::Binary(data) => {
@@ -529,7 +530,7 @@ impl Server {
 
     // ---------------------------------------------------------------- relay glue
 
-    fn to_relay(&mut self, input: Input<'_>, now: Instant) {
+    fn send_to_relay(&mut self, input: Input<'_>, now: Instant) {
         let conn = match &input {
             Input::Request { conn, .. }
             | Input::Upgrade { conn, .. }
@@ -776,7 +777,7 @@ impl Server {
                 self.mark_dirty(id);
                 self.rearm(id);
             }
-            LoopTimer::Relay(rt) => self.to_relay(Input::Timer(rt), now),
+            LoopTimer::Relay(rt) => self.send_to_relay(Input::Timer(rt), now),
             LoopTimer::ResumeAccept => {
                 self.accept_paused = false;
                 self.accept_all(now);
@@ -849,11 +850,11 @@ impl Server {
         }
         let want = c.interest();
         if c.registered != Some(want) {
-            if let Err(e) = self.poll.registry().reregister(
-                &mut c.sock,
-                Token(id.key + FIRST_CONN),
-                want,
-            ) {
+            if let Err(e) =
+                self.poll
+                    .registry()
+                    .reregister(&mut c.sock, Token(id.key + FIRST_CONN), want)
+            {
                 debug!("{id}: reregister: {e}");
                 c.dead = true;
                 self.doomed.push(id);
@@ -889,7 +890,7 @@ impl Server {
                 let known = c.relay_known;
                 drop(c);
                 if known {
-                    self.to_relay(Input::Closed { conn: id }, now);
+                    self.send_to_relay(Input::Closed { conn: id }, now);
                 }
             }
             // Actions from the relay may have queued bytes or killed more connections.

@@ -1089,14 +1089,14 @@ mod tests {
         let base = b"GET / HTTP/1.1\r\nHost: a\r\nX: ".to_vec();
         let fill = 64 - base.len() - 4;
         let mut at_cap = base.clone();
-        at_cap.extend(std::iter::repeat(b'v').take(fill));
+        at_cap.extend(std::iter::repeat_n(b'v', fill));
         at_cap.extend_from_slice(b"\r\n\r\n");
         assert_eq!(at_cap.len(), 64);
         let mut over = base.clone();
-        over.extend(std::iter::repeat(b'v').take(fill + 1));
+        over.extend(std::iter::repeat_n(b'v', fill + 1));
         over.extend_from_slice(b"\r\n\r\n");
         let mut with_body = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n".to_vec();
-        with_body.extend(std::iter::repeat(b'b').take(100));
+        with_body.extend(std::iter::repeat_n(b'b', 100));
         let bare_lf_after_cap = {
             let mut v = over.clone();
             v.extend_from_slice(b"\n");
@@ -1340,13 +1340,13 @@ GET /d HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
     fn chunked_bounds() {
         // A size line of endless extensions and an endless trailer are both refused.
         let mut line = b"1;".to_vec();
-        line.extend(std::iter::repeat(b'e').take(MAX_CHUNK_LINE));
+        line.extend(std::iter::repeat_n(b'e', MAX_CHUNK_LINE));
         assert_eq!(
             decode_all(BodyKind::Chunked, 10, &line),
             Err(HttpError::Malformed("Chunk size line too long"))
         );
         let mut ok_line = b"1;".to_vec();
-        ok_line.extend(std::iter::repeat(b'e').take(MAX_CHUNK_LINE - 4));
+        ok_line.extend(std::iter::repeat_n(b'e', MAX_CHUNK_LINE - 4));
         ok_line.extend_from_slice(b"\r\nz\r\n0\r\n\r\n");
         assert_eq!(
             decode_all(BodyKind::Chunked, 10, &ok_line).map(|r| r.0),

@@ -286,7 +286,7 @@ impl RouteTable {
                 continue;
             }
             // Ties keep the first row, so a duplicated row (`/relay`, `/relay/`) is harmless.
-            if best.as_ref().map_or(true, |(_, b)| rank > *b) {
+            if best.as_ref().is_none_or(|(_, b)| rank > *b) {
                 best = Some((route, rank));
             }
         }

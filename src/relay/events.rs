@@ -1,7 +1,6 @@
 //! Live events: the fan-out of module events to SSE streams and WebSocket subscribers.
 //! (Filled in by the events work; the world link calls these hooks.)
 
-use std::net::IpAddr;
 use std::time::Instant;
 
 use serde_json::Value;
@@ -16,9 +15,21 @@ use crate::http::route::Route;
 use crate::ids::ConnId;
 
 impl Relay {
-    pub(crate) fn after_module_auth(&mut self, _conn: ConnId, _now: Instant, _out: &mut Vec<Action>) {}
+    pub(crate) fn after_module_auth(
+        &mut self,
+        _conn: ConnId,
+        _now: Instant,
+        _out: &mut Vec<Action>,
+    ) {
+    }
 
-    pub(crate) fn after_module_closed(&mut self, _live: &Live, _now: Instant, _out: &mut Vec<Action>) {}
+    pub(crate) fn after_module_closed(
+        &mut self,
+        _live: &Live,
+        _now: Instant,
+        _out: &mut Vec<Action>,
+    ) {
+    }
 
     pub(crate) fn publish_event(
         &mut self,
@@ -59,39 +70,19 @@ impl Relay {
         });
     }
 
-    pub(crate) fn api_upgrade(
+    pub(crate) fn subscriber_closed(
         &mut self,
-        conn: ConnId,
-        _peer: IpAddr,
-        _head: &Head,
+        _conn: ConnId,
         _now: Instant,
-        out: &mut Vec<Action>,
+        _out: &mut Vec<Action>,
     ) {
-        out.push(Action::Respond {
-            conn,
-            resp: Response::error(501, "Not available yet"),
-        });
     }
 
-    pub(crate) fn events_upgrade(
+    pub(crate) fn subscriber_auth_timeout(
         &mut self,
-        conn: ConnId,
-        _peer: IpAddr,
-        _head: &Head,
+        _conn: ConnId,
         _now: Instant,
-        out: &mut Vec<Action>,
+        _out: &mut Vec<Action>,
     ) {
-        out.push(Action::Respond {
-            conn,
-            resp: Response::error(501, "Not available yet"),
-        });
     }
-
-    pub(crate) fn api_message(&mut self, _conn: ConnId, _text: String, _now: Instant, _out: &mut Vec<Action>) {}
-
-    pub(crate) fn events_message(&mut self, _conn: ConnId, _text: String, _now: Instant, _out: &mut Vec<Action>) {}
-
-    pub(crate) fn subscriber_closed(&mut self, _conn: ConnId, _now: Instant, _out: &mut Vec<Action>) {}
-
-    pub(crate) fn subscriber_auth_timeout(&mut self, _conn: ConnId, _now: Instant, _out: &mut Vec<Action>) {}
 }

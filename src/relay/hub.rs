@@ -538,7 +538,7 @@ impl Filters {
                     Some(u) => k.whisper.is_empty() || by_user(u) || k.whisper.contains(u),
                 }
             }
-            Channel::Roll => self.user.as_deref().map_or(true, by_user),
+            Channel::Roll => self.user.as_deref().is_none_or(by_user),
             Channel::Hooks => self.hooks.is_empty() || self.hooks.contains(&ev.name),
             Channel::Combat => is(&self.encounter_id, &k.subject),
             Channel::Actor => is(&self.actor_uuid, &k.subject),
@@ -827,7 +827,7 @@ impl Hub {
         let ids: Vec<SubId> = self
             .subs_of(conn)
             .filter(|(_, s)| {
-                s.transport == Transport::WsApi && channel.map_or(true, |c| s.channels.has(c))
+                s.transport == Transport::WsApi && channel.is_none_or(|c| s.channels.has(c))
             })
             .map(|(id, _)| id)
             .collect();

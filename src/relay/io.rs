@@ -94,7 +94,10 @@ pub enum Action {
     /// One WebSocket text message (the loop frames it; the payload is moved, not copied).
     Text { conn: ConnId, payload: Bytes },
     /// The same WebSocket text message to many connections: framed once, shared.
-    TextFanout { conns: Vec<ConnId>, payload: Rc<[u8]> },
+    TextFanout {
+        conns: Vec<ConnId>,
+        payload: Rc<[u8]>,
+    },
     /// Raw bytes on an SSE stream, possibly shared by many connections.
     SseWrite { conns: Vec<ConnId>, bytes: Rc<[u8]> },
     /// Close a WebSocket with this code and reason, or end an SSE stream / HTTP connection.

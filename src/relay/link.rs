@@ -12,10 +12,9 @@
 
 use std::borrow::Cow;
 use std::net::IpAddr;
-use std::rc::Rc;
 use std::time::Instant;
 
-use log::{debug, info, warn};
+use log::{debug, info};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -78,7 +77,13 @@ impl Relay {
             }
         };
         debug!("{conn} {peer}: module upgrade for {}", meta.client_id);
-        self.roles.insert(conn, Role::ModuleAuth { meta, peer });
+        self.roles.insert(
+            conn,
+            Role::ModuleAuth {
+                meta: Box::new(meta),
+                peer,
+            },
+        );
         out.push(Action::Accept {
             conn,
             endpoint: Endpoint::Module,
@@ -100,6 +105,7 @@ impl Relay {
         let Some(Role::ModuleAuth { meta, peer }) = self.roles.get(&conn).cloned() else {
             return;
         };
+        let meta = *meta;
         let refuse = |out: &mut Vec<Action>, reason: &'static str| {
             out.push(Action::Close {
                 conn,
@@ -169,7 +175,11 @@ impl Relay {
         self.roles.insert(conn, Role::Module);
         info!(
             "{conn} {peer}: world {} connected ({} / {} {} / Foundry {})",
-            meta.client_id, meta.world_title, meta.system_id, meta.system_version, meta.foundry_version
+            meta.client_id,
+            meta.world_title,
+            meta.system_id,
+            meta.system_version,
+            meta.foundry_version
         );
         self.remember_world(&meta, now_ms, out);
         self.worlds.insert(Live {
@@ -317,10 +327,7 @@ impl Relay {
         let Some(live) = self.worlds.remove_conn(conn) else {
             return;
         };
-        info!(
-            "{conn}: world {} disconnected",
-            live.meta.client_id
-        );
+        info!("{conn}: world {} disconnected", live.meta.client_id);
         let now_ms = self.clock.ms(now);
         if let Some(w) = self
             .state
@@ -396,18 +403,5 @@ impl Relay {
             conn: link,
             payload: Bytes::Owned(msg),
         });
-    }
-
-    /// Send the same small message to a link as shared bytes.
-    pub(crate) fn send_shared(&self, link: ConnId, msg: Rc<[u8]>, out: &mut Vec<Action>) {
-        out.push(Action::Text {
-            conn: link,
-            payload: Bytes::Shared(msg),
-        });
-    }
-
-    #[allow(dead_code)]
-    fn warn_unused(&self) {
-        warn!("unused");
     }
 }

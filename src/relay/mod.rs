@@ -9,8 +9,10 @@
 //! `rest` (HTTP routes: auth, scopes, forwarding, local routes), `pending` (waiters),
 //! `forward` (pure parameter and reply shaping).
 
+pub mod api_ws;
 pub mod events;
 pub mod forward;
+pub mod gateway;
 pub mod hub;
 pub mod io;
 pub mod link;
@@ -29,6 +31,7 @@ use crate::http::route::RouteTable;
 use crate::ids::{ConnId, RequestIds};
 use crate::store::State;
 
+use hub::Hub;
 use io::{Action, Input, Timer};
 use pending::Pending;
 use world::{Meta, Worlds};
@@ -48,9 +51,10 @@ impl Clock {
 
 /// What the relay knows about a connection it has seen.
 #[derive(Debug, Clone)]
+#[allow(dead_code)] // Api/Events/Sse are constructed by the events transports
 pub(crate) enum Role {
     /// A `/relay` socket waiting for its first `auth` message.
-    ModuleAuth { meta: Meta, peer: IpAddr },
+    ModuleAuth { meta: Box<Meta>, peer: IpAddr },
     /// An authenticated world link (its clientId is in `Worlds`).
     Module,
     /// A `/ws/api` client socket (state in `events.rs`).
@@ -69,6 +73,8 @@ pub struct Relay {
     pub(crate) pending: Pending,
     pub(crate) req_ids: RequestIds,
     pub(crate) roles: HashMap<ConnId, Role>,
+    #[allow(dead_code)]
+    pub(crate) hub: Hub,
     pub(crate) clock: Clock,
     pub(crate) started: Instant,
 }
@@ -76,6 +82,7 @@ pub struct Relay {
 impl Relay {
     pub fn new(cfg: Config, state: State, clock: Clock) -> Relay {
         Relay {
+            hub: Hub::new(cfg.ring_events, cfg.ring_bytes),
             cfg,
             state,
             routes: RouteTable::builtin(),
@@ -137,7 +144,9 @@ impl Relay {
                     conn,
                     close: WsClose::new(4002, "Authentication timeout"),
                 }),
-                Some(Role::Api) | Some(Role::Events) => self.subscriber_auth_timeout(conn, now, out),
+                Some(Role::Api) | Some(Role::Events) => {
+                    self.subscriber_auth_timeout(conn, now, out)
+                }
                 _ => {}
             },
             Timer::Request(serial) => self.request_timeout(serial, now, out),

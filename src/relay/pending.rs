@@ -181,7 +181,10 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Pending::new();
         p.insert("a".into(), http(cid(1, 1)), "w", cid(9, 1), t0);
-        assert!(p.take_reply("a", cid(9, 2)).is_none(), "other link generation");
+        assert!(
+            p.take_reply("a", cid(9, 2)).is_none(),
+            "other link generation"
+        );
         assert!(p.take_reply("b", cid(9, 1)).is_none(), "unknown id");
         assert!(p.take_reply("a", cid(9, 1)).is_some());
         assert!(p.take_reply("a", cid(9, 1)).is_none(), "answered once");
@@ -204,7 +207,10 @@ mod tests {
         assert!(p.take_expired(s, t0 + Duration::from_secs(11)).is_none());
         let s2 = p.insert("b".into(), http(cid(1, 1)), "w", cid(9, 1), t0);
         assert!(p.take_reply("b", cid(9, 1)).is_some());
-        assert!(p.take_expired(s2, t0).is_none(), "answered before the timer");
+        assert!(
+            p.take_expired(s2, t0).is_none(),
+            "answered before the timer"
+        );
     }
 
     #[test]

@@ -24,11 +24,13 @@ use crate::ids::ConnId;
 
 /// Headers a browser may read from our API responses (relay-protocol.md §6.3, plus ours).
 const EXPOSE_HEADERS: &str = "Content-Disposition, Content-Type, X-Image-Width, X-Image-Height, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, Retry-After";
-const ALLOW_HEADERS: &str = "x-api-key, content-type, authorization, x-client-id, accept, last-event-id";
+const ALLOW_HEADERS: &str =
+    "x-api-key, content-type, authorization, x-client-id, accept, last-event-id";
 const ALLOW_METHODS: &str = "GET, POST, PUT, PATCH, DELETE, OPTIONS";
 
 /// The caller of an API route, once its key checked out.
 pub(crate) struct Caller0 {
+    #[allow(dead_code)] // used by rate limiting and key bookkeeping
     pub principal: Principal,
     pub scopes: Vec<String>,
     pub client_ids: Vec<String>,
@@ -155,9 +157,17 @@ impl Relay {
             return;
         }
         match route.kind {
-            Kind::Forward | Kind::Binary => {
-                self.forward_http(conn, route_idx, &route, head, body, path_params, caller, now, out)
-            }
+            Kind::Forward | Kind::Binary => self.forward_http(
+                conn,
+                route_idx,
+                &route,
+                head,
+                body,
+                path_params,
+                caller,
+                now,
+                out,
+            ),
             Kind::Session => out.push(Action::Respond {
                 conn,
                 resp: self.cors(Response::error(
@@ -228,9 +238,7 @@ impl Relay {
                     .filter(|id| caller.client_ids.is_empty() || caller.client_ids.contains(id))
                     .collect();
                 match candidates.len() {
-                    0 => {
-                        return Err((404, json!({"error": "No connected Foundry clients found"})))
-                    }
+                    0 => return Err((404, json!({"error": "No connected Foundry clients found"}))),
                     1 => candidates[0].clone(),
                     _ => {
                         return Err((
@@ -297,17 +305,17 @@ impl Relay {
             m.extend(fields);
             body_json = Some(Value::Object(m));
         }
-        let mut params = match forward::extract_params(route, &query, body_json.as_ref(), &path_params)
-        {
-            Ok(p) => p,
-            Err(ParamError { status, body }) => {
-                out.push(Action::Respond {
-                    conn,
-                    resp: self.cors(Response::json(status, &body)),
-                });
-                return;
-            }
-        };
+        let mut params =
+            match forward::extract_params(route, &query, body_json.as_ref(), &path_params) {
+                Ok(p) => p,
+                Err(ParamError { status, body }) => {
+                    out.push(Action::Respond {
+                        conn,
+                        resp: self.cors(Response::json(status, &body)),
+                    });
+                    return;
+                }
+            };
         drop(body_json);
         // `/create` of a Macro needs macro:write too (api-surface.md, extra validation).
         if route.ws_type == "create"
@@ -316,7 +324,10 @@ impl Relay {
         {
             out.push(Action::Respond {
                 conn,
-                resp: self.cors(Response::error(400, "API key lacks required scope: macro:write")),
+                resp: self.cors(Response::error(
+                    400,
+                    "API key lacks required scope: macro:write",
+                )),
             });
             return;
         }
@@ -383,7 +394,8 @@ impl Relay {
                     return;
                 };
                 let reply = forward::reply_to_http(route, &query, text.as_bytes());
-                let mut resp = Response::new(reply.status).header("Content-Type", reply.content_type);
+                let mut resp =
+                    Response::new(reply.status).header("Content-Type", reply.content_type);
                 for (k, v) in reply.headers {
                     resp = resp.header(k, v);
                 }
@@ -616,7 +628,10 @@ mod tests {
         assert_eq!(normalize_path("//relay"), "/relay");
         assert_eq!(normalize_path("/relay/"), "/relay");
         assert_eq!(normalize_path("/"), "/");
-        assert_eq!(normalize_path("//api/clients/x/active"), "/api/clients/x/active");
+        assert_eq!(
+            normalize_path("//api/clients/x/active"),
+            "/api/clients/x/active"
+        );
         assert_eq!(normalize_path("/get"), "/get");
     }
 

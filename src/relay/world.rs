@@ -141,8 +141,7 @@ impl Worlds {
         if let Some(old) = self.live.get(&live.meta.client_id) {
             self.by_conn.remove(&old.conn);
         }
-        self.by_conn
-            .insert(live.conn, live.meta.client_id.clone());
+        self.by_conn.insert(live.conn, live.meta.client_id.clone());
         self.live.insert(live.meta.client_id.clone(), live);
     }
 
