@@ -38,7 +38,10 @@ pub fn provision(dir: &Path) -> Provisioned {
         let api_key = state.create_api_key(
             fvtt_relay::auth::NewKey {
                 name: "integration-test".into(),
-                scopes: fvtt_relay::auth::ALL_SCOPES.iter().map(|s| s.to_string()).collect(),
+                scopes: fvtt_relay::auth::ALL_SCOPES
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
                 client_ids: vec![],
                 user_id: None,
                 expires_in_days: None,
