@@ -646,7 +646,13 @@ mod tests {
 
     #[test]
     fn relay_url_derivation() {
-        type Case<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>, &'a str, &'a str);
+        type Case<'a> = (
+            Option<&'a str>,
+            Option<&'a str>,
+            Option<&'a str>,
+            &'a str,
+            &'a str,
+        );
         let cases: &[Case] = &[
             // (public_url, host, x-forwarded-proto, relayUrl, pair page)
             (
