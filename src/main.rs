@@ -5,6 +5,7 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use fvtt_relay::cli;
 use fvtt_relay::config::{Config, Parsed};
 use fvtt_relay::error::Fatal;
 use fvtt_relay::relay::{Clock, Relay};
@@ -13,6 +14,10 @@ use fvtt_relay::store::{self, Store};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // Owner subcommands (`key`, `pair`, ...) before any relay option parsing (src/cli.rs).
+    if args.first().is_some_and(|a| cli::is_command(a)) {
+        return ExitCode::from(cli::run(&args));
+    }
     let cfg = match Config::from_args(args.into_iter(), |k| std::env::var(k).ok()) {
         Ok(Parsed::Help(text)) => {
             print!("{text}");
@@ -54,8 +59,8 @@ fn serve(cfg: Config) -> Result<(), Fatal> {
     let mut store = Store::open(&cfg.data_dir)?;
     if let Some(key) = store.state_mut().ensure_admin_key() {
         // Shown once: written to a 0600 file, never logged.
-        let path = cfg.data_dir.join("admin.key");
-        write_secret_file(&path, &key)
+        let path = cfg.data_dir.join(cli::ADMIN_KEY_FILE);
+        cli::write_secret_file(&path, &key)
             .map_err(|e| Fatal::State(format!("cannot write {}: {e}", path.display())))?;
         store
             .save()
@@ -69,9 +74,18 @@ fn serve(cfg: Config) -> Result<(), Fatal> {
         base: Instant::now(),
         base_ms: store::unix_ms(),
     };
+    let cfg_dir = cfg.data_dir.clone();
     let relay = Relay::new(cfg.clone(), store.state().clone(), clock);
     let mut server = Server::bind(cfg, store, relay)?;
     let addr = server.local_addr();
+    // Where `fvtt-relay key ...` finds this relay while it holds the lock (src/cli.rs).
+    let addr_file = cfg_dir.join(cli::ADDR_FILE);
+    if let Err(e) = std::fs::write(&addr_file, format!("{addr}\n")) {
+        log::warn!(
+            "cannot write {}: {e}; CLI commands will not find this relay",
+            addr_file.display()
+        );
+    }
     // The one line on stdout: scripts and tests read the bound port from it.
     println!("fvtt-relay listening on http://{addr}");
     let _ = std::io::stdout().flush();
@@ -79,18 +93,7 @@ fn serve(cfg: Config) -> Result<(), Fatal> {
         "fvtt-relay {} listening on {addr}",
         env!("CARGO_PKG_VERSION")
     );
-    server.run()
-}
-
-fn write_secret_file(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(secret.as_bytes())?;
-    f.write_all(b"\n")?;
-    f.sync_all()
+    let result = server.run();
+    let _ = std::fs::remove_file(&addr_file);
+    result
 }

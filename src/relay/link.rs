@@ -123,11 +123,11 @@ impl Relay {
                 return refuse(out, "Invalid auth message");
             }
         };
-        match self
+        let token_idx = match self
             .state
             .check_connection_token(&token, &meta.client_id, peer)
         {
-            Ok(_) => {}
+            Ok(i) => i,
             Err(e) => {
                 self.roles.remove(&conn);
                 let reason = match e {
@@ -140,7 +140,7 @@ impl Relay {
                 );
                 return refuse(out, reason);
             }
-        }
+        };
         // Duplicate check before auth-success (api-surface.md bug 12).
         match self.worlds.duplicate(&meta.client_id, peer) {
             Duplicate::None => {}
@@ -173,6 +173,8 @@ impl Relay {
         }
         let now_ms = self.clock.ms(now);
         self.roles.insert(conn, Role::Module);
+        // Which token this link used, so revoking it closes this link (relay/pairing.rs).
+        self.note_link_token(conn, token_idx, now, out);
         info!(
             "{conn} {peer}: world {} connected ({} / {} {} / Foundry {})",
             meta.client_id,

@@ -9,16 +9,19 @@
 //! `rest` (HTTP routes: auth, scopes, forwarding, local routes), `pending` (waiters),
 //! `forward` (pure parameter and reply shaping).
 
+pub mod admin;
 pub mod api_ws;
 pub mod events;
 pub mod forward;
 pub mod gateway;
 pub mod hub;
 pub mod io;
+pub mod limits;
 pub mod link;
 pub mod pairing;
 pub mod pending;
 pub mod rest;
+pub mod revoke;
 pub mod world;
 
 use std::collections::HashMap;
@@ -77,12 +80,18 @@ pub struct Relay {
     pub(crate) hub: Hub,
     pub(crate) clock: Clock,
     pub(crate) started: Instant,
+    /// Rate limiters (relay/limits.rs).
+    pub(crate) limits: limits::Limits,
+    /// Admin sessions, pair requests, link tokens (relay/pairing.rs, relay/admin.rs).
+    pub(crate) owner: pairing::Owner,
 }
 
 impl Relay {
     pub fn new(cfg: Config, state: State, clock: Clock) -> Relay {
         Relay {
             hub: Hub::new(cfg.ring_events, cfg.ring_bytes),
+            limits: limits::Limits::new(&cfg),
+            owner: pairing::Owner::default(),
             cfg,
             state,
             routes: RouteTable::builtin(),
@@ -105,6 +114,15 @@ impl Relay {
     }
 
     pub fn handle(&mut self, input: Input<'_>, now: Instant, out: &mut Vec<Action>) {
+        let first = out.len();
+        self.dispatch(input, now, out);
+        // X-RateLimit-* on the API responses of this turn (relay/limits.rs).
+        if let Some(new) = out.get_mut(first..) {
+            self.stamp_rate_headers(new);
+        }
+    }
+
+    fn dispatch(&mut self, input: Input<'_>, now: Instant, out: &mut Vec<Action>) {
         match input {
             Input::Request {
                 conn,
@@ -128,6 +146,7 @@ impl Relay {
     fn on_closed(&mut self, conn: ConnId, now: Instant, out: &mut Vec<Action>) {
         // Waiters of a caller that left: their late replies will find nobody.
         self.pending.drop_caller(conn);
+        self.forget_conn_limits(conn);
         match self.roles.remove(&conn) {
             Some(Role::Module) => self.module_closed(conn, now, out),
             Some(Role::Api) | Some(Role::Events) | Some(Role::Sse) => {
@@ -150,7 +169,7 @@ impl Relay {
                 _ => {}
             },
             Timer::Request(serial) => self.request_timeout(serial, now, out),
-            Timer::Sweep => {}
+            Timer::Sweep => self.limits.sweep(now),
         }
     }
 }

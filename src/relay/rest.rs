@@ -30,7 +30,6 @@ const ALLOW_METHODS: &str = "GET, POST, PUT, PATCH, DELETE, OPTIONS";
 
 /// The caller of an API route, once its key checked out.
 pub(crate) struct Caller0 {
-    #[allow(dead_code)] // used by rate limiting and key bookkeeping
     pub principal: Principal,
     pub scopes: Vec<String>,
     pub client_ids: Vec<String>,
@@ -53,6 +52,11 @@ impl Relay {
         out: &mut Vec<Action>,
     ) {
         let path = normalize_path(&head.path);
+        // Upgrades per IP per minute, for every WebSocket endpoint (relay/limits.rs).
+        if let Some(resp) = self.check_upgrade_rate(peer, now) {
+            out.push(Action::Respond { conn, resp });
+            return;
+        }
         match path {
             "/relay" | "/" => self.module_upgrade(conn, peer, head, now, out),
             "/ws/api" => self.api_upgrade(conn, peer, head, now, out),
@@ -148,6 +152,11 @@ impl Relay {
                 return;
             }
         };
+        // Per-key rate limit; X-RateLimit-* go on the response (relay/limits.rs).
+        if let Err(resp) = self.check_api_rate(conn, &caller.principal, now, out) {
+            out.push(Action::Respond { conn, resp });
+            return;
+        }
         if !route.scope.is_empty() && !caller.scopes.iter().any(|s| s == &route.scope) {
             let msg = format!("API key lacks required scope: {}", route.scope);
             out.push(Action::Respond {

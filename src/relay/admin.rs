@@ -1,0 +1,703 @@
+//! The owner's admin API (`/admin/api/*`), its sign-in sessions, and the admin and pairing
+//! pages (`/admin`, `/admin/app.js`, `/admin/app.css`, `/pair/{code}`).
+//!
+//! Authentication: the admin key in `x-api-key` or `Authorization: Bearer` (the CLI and
+//! scripts), or the page's session cookie `fvtt_admin` from `POST /admin/api/login`. A session
+//! must also send `X-CSRF-Token` on every POST/PATCH/DELETE: the cookie is `SameSite=Strict`
+//! already, and the token is the second lock for browsers or proxies that ignore it. Sessions
+//! live in memory only, so a restart (or an admin key rotation) signs the owner out.
+//!
+//! Every `/admin*` and `/pair/*` response carries `Cache-Control: no-store` and the security
+//! headers of relay-protocol.md §6.4, and no CORS header: these routes are same-origin only.
+//! The JSON shapes here are the contract with the admin page and the CLI; times are unix ms.
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use log::info;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::io::Action;
+use super::limits::too_many;
+use super::pairing::ReqStatus;
+use super::rest::presented_key;
+use super::world::Live;
+use super::Relay;
+use crate::auth::{self, NewKey, Principal, ALL_SCOPES, DEFAULT_SCOPES};
+use crate::enc;
+use crate::http::request::{Head, Method};
+use crate::http::response::{Body, Response};
+use crate::ids::{self, ConnId};
+use crate::store::{ApiKey, ConnToken, KnownWorld};
+
+/// The session cookie's name.
+pub const COOKIE: &str = "fvtt_admin";
+/// Sessions kept at once; the oldest goes first (one owner rarely has more than a few).
+const MAX_SESSIONS: usize = 32;
+
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'";
+
+const ADMIN_HTML: &str = include_str!("../assets/admin.html");
+const PAIR_HTML: &str = include_str!("../assets/pair.html");
+const APP_JS: &str = include_str!("../assets/app.js");
+const APP_CSS: &str = include_str!("../assets/app.css");
+
+/// A signed-in admin page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Session {
+    pub csrf: String,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+}
+
+/// How an admin request proved itself.
+#[derive(Debug, PartialEq, Eq)]
+enum Via {
+    Key,
+    Session(String),
+}
+
+/// Whether a request may proceed under the CSRF rule: safe methods always; state-changing
+/// ones when authenticated by key (no ambient credential to forge), or by session with the
+/// session's token presented (compared in constant time).
+pub(crate) fn csrf_ok(
+    method: Method,
+    by_session: bool,
+    expected: &str,
+    presented: Option<&str>,
+) -> bool {
+    let changes = !matches!(method, Method::Get | Method::Head | Method::Options);
+    if !changes || !by_session {
+        return true;
+    }
+    match presented {
+        Some(p) => !expected.is_empty() && auth::ct_eq(p.trim().as_bytes(), expected.as_bytes()),
+        None => false,
+    }
+}
+
+/// The value of cookie `name` in a `Cookie` header (RFC 6265 §5.4: `a=b; c=d`).
+pub(crate) fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    header.split(';').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k.trim() == name).then(|| v.trim().trim_matches('"'))
+    })
+}
+
+/// Scopes from the CLI's `--scopes` or the API's `scopes` string: `default`, `all`, or a
+/// comma-separated list (validated later by `create_api_key`).
+pub fn scopes_from_spec(spec: &str) -> Vec<String> {
+    match spec.trim() {
+        "" | "default" => DEFAULT_SCOPES.iter().map(|s| s.to_string()).collect(),
+        "all" => ALL_SCOPES.iter().map(|s| s.to_string()).collect(),
+        list => list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+    }
+}
+
+/// `scopes` of `POST /admin/api/keys`: absent/null → the 17 defaults; a string as in
+/// [`scopes_from_spec`]; an array of strings.
+fn scopes_from_json(v: Option<&Value>) -> Result<Vec<String>, String> {
+    match v {
+        None | Some(Value::Null) => Ok(scopes_from_spec("default")),
+        Some(Value::String(s)) => Ok(scopes_from_spec(s)),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|x| {
+                x.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| "scopes must be strings".to_string())
+            })
+            .collect(),
+        Some(_) => Err("scopes must be an array of scope strings".into()),
+    }
+}
+
+/// The admin API's view of a key (never its secret or hash).
+pub fn key_json(k: &ApiKey) -> Value {
+    json!({
+        "id": k.id,
+        "name": k.name,
+        "prefix": k.prefix,
+        "scopes": k.scopes,
+        "clientIds": k.client_ids,
+        "userId": k.user_id,
+        "expiresAt": k.expires_at_ms,
+        "rateLimitPerMinute": k.rate_limit_per_minute,
+        "createdAt": k.created_ms,
+        "lastUsedAt": k.last_used_ms,
+    })
+}
+
+/// The admin API's view of a connection token (never its secret or hash).
+pub fn token_json(t: &ConnToken) -> Value {
+    json!({
+        "id": t.id,
+        "clientId": t.client_id,
+        "prefix": t.prefix,
+        "allowedIps": t.allowed_ips,
+        "createdAt": t.created_ms,
+        "lastUsedAt": t.last_used_ms,
+    })
+}
+
+/// The admin API's view of a paired world, online if `live` is its link.
+pub fn world_json(w: &KnownWorld, live: Option<&Live>) -> Value {
+    let (online, since, seen) = match live {
+        Some(l) => (true, Some(l.connected_since_ms), Some(l.last_seen_ms)),
+        None => (false, None, w.last_seen_ms),
+    };
+    let m = live.map(|l| &l.meta);
+    let pick = |live: Option<&String>, stored: &String| live.unwrap_or(stored).clone();
+    json!({
+        "clientId": w.client_id,
+        "worldId": pick(m.map(|m| &m.world_id), &w.world_id),
+        "worldTitle": pick(m.map(|m| &m.world_title), &w.world_title),
+        "systemId": pick(m.map(|m| &m.system_id), &w.system_id),
+        "systemTitle": pick(m.map(|m| &m.system_title), &w.system_title),
+        "systemVersion": pick(m.map(|m| &m.system_version), &w.system_version),
+        "foundryVersion": pick(m.map(|m| &m.foundry_version), &w.foundry_version),
+        "customName": pick(m.map(|m| &m.custom_name), &w.custom_name),
+        "isOnline": online,
+        "connectedSince": since,
+        "lastSeen": seen,
+        "pairedAt": w.paired_ms,
+    })
+}
+
+/// Headers on every `/admin*` and `/pair/*` response (relay-protocol.md §6.4) plus no-store:
+/// keys and codes must not sit in a shared cache.
+fn secured(resp: Response) -> Response {
+    resp.header("Cache-Control", "no-store")
+        .header("Content-Security-Policy", CSP)
+        .header("X-Frame-Options", "DENY")
+        .header("X-Content-Type-Options", "nosniff")
+        .header("Referrer-Policy", "strict-origin-when-cross-origin")
+}
+
+fn page(content_type: &'static str, body: &'static str) -> Response {
+    let mut r = Response::new(200).header("Content-Type", content_type);
+    r.body = Body::Bytes(body.as_bytes().to_vec());
+    r
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct LoginBody {
+    key: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct KeyBody {
+    name: String,
+    scopes: Option<Value>,
+    client_ids: Vec<String>,
+    user_id: Option<String>,
+    expires_in_days: Option<u32>,
+    rate_limit_per_minute: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct CodeBody {
+    client_id: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct TokenPatch {
+    allowed_ips: Option<Vec<String>>,
+}
+
+fn body_json<T: for<'de> Deserialize<'de> + Default>(body: &[u8]) -> Result<T, Response> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        let msg = format!("Invalid request body: {e}");
+        Response::error(400, &msg)
+    })
+}
+
+impl Relay {
+    /// Everything under `/admin` and `/pair/`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn admin_route(
+        &mut self,
+        conn: ConnId,
+        peer: IpAddr,
+        head: &Head,
+        path: &str,
+        body: &[u8],
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let get = matches!(head.method, Method::Get | Method::Head);
+        let resp = match path {
+            "/admin" if get => page("text/html; charset=utf-8", ADMIN_HTML),
+            "/admin/app.js" if get => page("text/javascript; charset=utf-8", APP_JS),
+            "/admin/app.css" if get => page("text/css; charset=utf-8", APP_CSS),
+            p if p.starts_with("/pair/") && get => page("text/html; charset=utf-8", PAIR_HTML),
+            p => match p.strip_prefix("/admin/api/") {
+                Some(rest) => self.admin_api(peer, head, rest, body, now, out),
+                None if head.method == Method::Options => {
+                    Response::new(204).header("Allow", "GET, HEAD")
+                }
+                None if get => Response::error(404, "Not found"),
+                None => Response::error(405, "Method not allowed").header("Allow", "GET, HEAD"),
+            },
+        };
+        out.push(Action::Respond {
+            conn,
+            resp: secured(resp),
+        });
+    }
+
+    /// Who is calling: the admin key, or a live session (whose CSRF token is checked for
+    /// state-changing methods).
+    fn admin_auth(&mut self, head: &Head, now_ms: u64) -> Result<Via, Response> {
+        if let Some(k) = presented_key(head) {
+            return match self.state.authenticate(Some(&k), now_ms) {
+                Ok(Principal::Admin) => Ok(Via::Key),
+                Ok(Principal::Key(_)) => Err(Response::error(
+                    403,
+                    "This route needs the admin key, not a scoped API key",
+                )),
+                Err(_) => Err(Response::error(401, "Invalid admin key")),
+            };
+        }
+        let Some((sid, s)) = self.live_session(head, now_ms) else {
+            return Err(Response::error(401, "Not signed in"));
+        };
+        if !csrf_ok(head.method, true, &s.csrf, head.header("x-csrf-token")) {
+            return Err(Response::error(403, "Invalid CSRF token"));
+        }
+        Ok(Via::Session(sid))
+    }
+
+    fn live_session(&mut self, head: &Head, now_ms: u64) -> Option<(String, Session)> {
+        self.owner.sessions.retain(|_, s| now_ms < s.expires_ms);
+        let sid = cookie_value(head.header("cookie")?, COOKIE)?;
+        let s = self.owner.sessions.get(sid)?;
+        Some((sid.to_string(), s.clone()))
+    }
+
+    fn cookie(&self, value: &str, max_age: u64) -> String {
+        let secure = self
+            .cfg
+            .public_url
+            .as_deref()
+            .is_some_and(|u| u.to_ascii_lowercase().starts_with("https://"));
+        let mut c =
+            format!("{COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}");
+        if secure {
+            c.push_str("; Secure");
+        }
+        c
+    }
+
+    fn admin_api(
+        &mut self,
+        peer: IpAddr,
+        head: &Head,
+        rest: &str,
+        body: &[u8],
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) -> Response {
+        let now_ms = self.clock.ms(now);
+        let m = head.method;
+        let segs: Vec<String> = rest
+            .split('/')
+            .map(|s| enc::percent_decode(s).unwrap_or_default())
+            .collect();
+        let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+        match (m, segs.as_slice()) {
+            (Method::Post, ["login"]) => return self.login(peer, body, now, now_ms),
+            (Method::Get, ["session"]) => {
+                return match self.live_session(head, now_ms) {
+                    Some((_, s)) => Response::json(200, &json!({"csrfToken": s.csrf})),
+                    None => Response::error(401, "Not signed in"),
+                }
+            }
+            _ => {}
+        }
+        let via = match self.admin_auth(head, now_ms) {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+        let get = matches!(m, Method::Get | Method::Head);
+        match (m, segs.as_slice()) {
+            (Method::Post, ["logout"]) => {
+                if let Via::Session(sid) = &via {
+                    self.owner.sessions.remove(sid);
+                }
+                Response::new(204).header("Set-Cookie", self.cookie("", 0))
+            }
+            (_, ["scopes"]) if get => {
+                Response::json(200, &json!({"all": ALL_SCOPES, "default": DEFAULT_SCOPES}))
+            }
+            (_, ["worlds"]) if get => {
+                let worlds: Vec<Value> = self
+                    .state
+                    .worlds
+                    .iter()
+                    .map(|w| world_json(w, self.worlds.get(&w.client_id)))
+                    .collect();
+                Response::json(200, &json!({"worlds": worlds}))
+            }
+            (Method::Delete, ["worlds", id]) => self.unpair_world(id, now, out),
+            (_, ["keys"]) if get => {
+                let keys: Vec<Value> = self.state.api_keys.iter().map(key_json).collect();
+                Response::json(200, &json!({"keys": keys}))
+            }
+            (Method::Post, ["keys"]) => self.create_key(body, now_ms, out),
+            (Method::Delete, ["keys", id]) => {
+                if self.state.revoke_api_key(id) {
+                    out.push(Action::Persist);
+                    self.key_revoked(id, out);
+                    info!("API key {id} revoked by the owner");
+                    Response::json(200, &json!({"success": true}))
+                } else {
+                    Response::error(404, "API key not found")
+                }
+            }
+            (Method::Post, ["pairing-codes"]) => {
+                let b: CodeBody = match body_json(body) {
+                    Ok(b) => b,
+                    Err(r) => return r,
+                };
+                let bound = b.client_id.filter(|c| !c.trim().is_empty());
+                if let Some(c) = &bound {
+                    if !self.state.worlds.iter().any(|w| &w.client_id == c) {
+                        return Response::error(404, "Unknown clientId");
+                    }
+                }
+                let ttl = self.cfg.pairing_code_ttl;
+                let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+                let (code, exp) =
+                    self.state
+                        .create_pairing_code_for(bound.as_deref(), ttl_ms, now_ms);
+                out.push(Action::Persist);
+                Response::json(
+                    201,
+                    &json!({"code": code, "expiresAt": exp, "expiresIn": ttl.as_secs()}),
+                )
+            }
+            (_, ["pair-requests"]) if get => {
+                self.purge_pair_requests(now_ms);
+                let list: Vec<Value> = self
+                    .owner
+                    .requests
+                    .iter()
+                    .map(|r| r.to_json(now_ms))
+                    .collect();
+                Response::json(200, &json!({"requests": list}))
+            }
+            (_, ["pair-requests", code]) if get => {
+                let code = code.to_ascii_uppercase();
+                match self.owner.requests.iter().find(|r| r.code == code) {
+                    Some(r) => Response::json(200, &r.to_json(now_ms)),
+                    None => Response::error(404, "Pair request not found"),
+                }
+            }
+            (Method::Post, ["pair-requests", code, verb @ ("approve" | "deny")]) => {
+                self.decide_pair_request(code, *verb == "approve", now_ms, out)
+            }
+            (_, ["tokens"]) if get => {
+                let list: Vec<Value> = self.state.tokens.iter().map(token_json).collect();
+                Response::json(200, &json!({"tokens": list}))
+            }
+            (Method::Delete, ["tokens", id]) => {
+                match self.revoke_token_and_close(id, "Connection token revoked", now, out) {
+                    Some(_) => Response::json(200, &json!({"success": true})),
+                    None => Response::error(404, "Connection token not found"),
+                }
+            }
+            (Method::Patch, ["tokens", id]) => self.patch_token(id, body, now, out),
+            (Method::Post, ["admin-key", "rotate"]) => {
+                let key = self.state.rotate_admin_key();
+                // Every session was opened with the old key: they end with it.
+                self.owner.sessions.clear();
+                out.push(Action::Persist);
+                info!("admin key rotated");
+                Response::json(200, &json!({"key": key}))
+            }
+            _ => Response::error(404, "Not found"),
+        }
+    }
+
+    fn login(&mut self, peer: IpAddr, body: &[u8], now: Instant, now_ms: u64) -> Response {
+        // Every attempt counts (not only failures): a refusal must come before the key is
+        // checked, or its timing and status would still answer the guess.
+        let v = self.limits.login.check(&peer, now);
+        if !v.allowed {
+            return too_many(
+                &v,
+                "Too many sign-in attempts from this IP, please try again later",
+            );
+        }
+        let b: LoginBody = match body_json(body) {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        if self.state.authenticate(Some(b.key.trim()), now_ms) != Ok(Principal::Admin) {
+            info!("{peer}: admin sign-in refused");
+            return Response::error(401, "Invalid admin key");
+        }
+        self.owner.sessions.retain(|_, s| now_ms < s.expires_ms);
+        while self.owner.sessions.len() >= MAX_SESSIONS {
+            let oldest = self
+                .owner
+                .sessions
+                .iter()
+                .min_by_key(|(_, s)| s.created_ms)
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => self.owner.sessions.remove(&k),
+                None => break,
+            };
+        }
+        let ttl = self.cfg.admin_session_ttl;
+        let sid = ids::random_hex(32);
+        let csrf = ids::random_hex(32);
+        self.owner.sessions.insert(
+            sid.clone(),
+            Session {
+                csrf: csrf.clone(),
+                created_ms: now_ms,
+                expires_ms: now_ms
+                    .saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
+            },
+        );
+        info!("{peer}: admin signed in");
+        Response::json(200, &json!({"csrfToken": csrf}))
+            .header("Set-Cookie", self.cookie(&sid, ttl.as_secs()))
+    }
+
+    fn create_key(&mut self, body: &[u8], now_ms: u64, out: &mut Vec<Action>) -> Response {
+        let b: KeyBody = match body_json(body) {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let scopes = match scopes_from_json(b.scopes.as_ref()) {
+            Ok(s) => s,
+            Err(e) => return Response::error(400, &e),
+        };
+        let spec = NewKey {
+            name: b.name,
+            scopes,
+            client_ids: b.client_ids,
+            user_id: b.user_id,
+            expires_in_days: b.expires_in_days,
+            rate_limit_per_minute: b.rate_limit_per_minute,
+        };
+        match self.state.create_api_key(spec, now_ms) {
+            Ok((idx, secret)) => {
+                out.push(Action::Persist);
+                let mut v = self
+                    .state
+                    .api_keys
+                    .get(idx)
+                    .map(key_json)
+                    .unwrap_or(Value::Null);
+                v["key"] = Value::from(secret);
+                info!("API key {} created", v["id"].as_str().unwrap_or("?"));
+                Response::json(201, &v)
+            }
+            Err(e) => Response::error(400, &e),
+        }
+    }
+
+    fn unpair_world(&mut self, id: &str, now: Instant, out: &mut Vec<Action>) -> Response {
+        let removed = self.state.remove_world(id);
+        let link = self.worlds.get(id).map(|l| l.conn);
+        if !removed && link.is_none() {
+            return Response::error(404, "Unknown clientId");
+        }
+        out.push(Action::Persist);
+        if let Some(conn) = link {
+            self.close_world_link(conn, "Unpaired by owner", now, out);
+        }
+        info!("world {id} unpaired by the owner");
+        Response::json(200, &json!({"success": true}))
+    }
+
+    fn decide_pair_request(
+        &mut self,
+        code: &str,
+        approve: bool,
+        now_ms: u64,
+        out: &mut Vec<Action>,
+    ) -> Response {
+        self.purge_pair_requests(now_ms);
+        let code = code.to_ascii_uppercase();
+        let Some(i) = self.owner.requests.iter().position(|r| r.code == code) else {
+            return Response::error(404, "Pair request not found");
+        };
+        let (status, upgrade, bound) = match self.owner.requests.get(i) {
+            Some(r) => (
+                r.status_name(now_ms),
+                r.upgrade_only,
+                r.client_id
+                    .clone()
+                    .filter(|c| self.state.worlds.iter().any(|w| &w.client_id == c)),
+            ),
+            None => return Response::error(404, "Pair request not found"),
+        };
+        match status {
+            "pending" => {}
+            "expired" => return Response::error(410, "Pair request has expired"),
+            _ => return Response::error(409, "Pair request was already decided"),
+        }
+        let new_status = if !approve {
+            ReqStatus::Denied
+        } else if upgrade {
+            ReqStatus::Approved(None)
+        } else {
+            let ttl_ms = u64::try_from(self.cfg.pairing_code_ttl.as_millis()).unwrap_or(u64::MAX);
+            let (c, _) = self
+                .state
+                .create_pairing_code_for(bound.as_deref(), ttl_ms, now_ms);
+            out.push(Action::Persist);
+            ReqStatus::Approved(Some(c))
+        };
+        let Some(r) = self.owner.requests.get_mut(i) else {
+            return Response::error(404, "Pair request not found");
+        };
+        r.status = new_status;
+        info!(
+            "pair request {code} {}",
+            if approve { "approved" } else { "denied" }
+        );
+        Response::json(200, &r.to_json(now_ms))
+    }
+
+    fn patch_token(
+        &mut self,
+        id: &str,
+        body: &[u8],
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) -> Response {
+        let b: TokenPatch = match body_json(body) {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let Some(ips) = b.allowed_ips else {
+            return Response::error(400, "allowedIps is required");
+        };
+        match self.state.set_token_allowed_ips(id, ips) {
+            Ok(true) => {}
+            Ok(false) => return Response::error(404, "Connection token not found"),
+            Err(e) => return Response::error(400, &e),
+        }
+        out.push(Action::Persist);
+        let Some(t) = self.state.tokens.iter().find(|t| t.id == id).cloned() else {
+            return Response::error(404, "Connection token not found");
+        };
+        // The live link that used this token from an address now outside the list goes.
+        let link = self
+            .worlds
+            .get(&t.client_id)
+            .filter(|l| self.owner.link_tokens.get(&l.conn) == Some(&t.id))
+            .filter(|l| !auth::ip_allowed(&t.allowed_ips, l.peer))
+            .map(|l| l.conn);
+        if let Some(conn) = link {
+            self.close_world_link(conn, "IP address not allowed", now, out);
+        }
+        Response::json(200, &token_json(&t))
+    }
+
+    /// A key was revoked: its open `/ws/api` and event streams end now.
+    pub(crate) fn key_revoked(&mut self, key_id: &str, out: &mut Vec<Action>) {
+        self.drop_subscribers_of_key(key_id, out);
+    }
+
+    /// Note an API key's use; saved at most once a minute per key (the value only feeds
+    /// listings, and a save per call would wear an SD card).
+    pub(crate) fn touch_key(&mut self, idx: usize, now: Instant, out: &mut Vec<Action>) {
+        let now_ms = self.clock.ms(now);
+        let stale = self.state.api_keys.get(idx).is_some_and(|k| {
+            k.last_used_ms
+                .is_none_or(|u| now_ms.saturating_sub(u) >= super::pairing::TOUCH_PERSIST_MS)
+        });
+        self.state.touch_api_key(idx, now_ms);
+        if stale {
+            out.push(Action::Persist);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csrf_rule() {
+        let cases: &[(Method, bool, &str, Option<&str>, bool)] = &[
+            (Method::Get, true, "tok", None, true),
+            (Method::Head, true, "tok", Some("x"), true),
+            (Method::Post, false, "", None, true), // admin key: no ambient credential
+            (Method::Delete, false, "", None, true),
+            (Method::Post, true, "tok", Some("tok"), true),
+            (Method::Post, true, "tok", Some(" tok "), true),
+            (Method::Post, true, "tok", Some("tox"), false),
+            (Method::Post, true, "tok", None, false),
+            (Method::Delete, true, "tok", Some(""), false),
+            (Method::Patch, true, "tok", Some("TOK"), false),
+            (Method::Post, true, "", Some(""), false), // an empty token never matches
+        ];
+        for (m, by_session, expected, presented, want) in cases {
+            assert_eq!(
+                csrf_ok(*m, *by_session, expected, *presented),
+                *want,
+                "{m:?} {by_session} {expected:?} {presented:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn cookies() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("fvtt_admin=abc", Some("abc")),
+            ("a=1; fvtt_admin=abc; b=2", Some("abc")),
+            ("a=1;fvtt_admin=\"q\"", Some("q")),
+            ("fvtt_admin_x=abc", None),
+            ("xfvtt_admin=abc", None),
+            ("", None),
+            ("fvtt_admin", None),
+        ];
+        for (h, want) in cases {
+            assert_eq!(cookie_value(h, COOKIE), *want, "{h}");
+        }
+    }
+
+    #[test]
+    fn scope_specs() {
+        assert_eq!(scopes_from_spec("default").len(), 17);
+        assert_eq!(scopes_from_spec("").len(), 17);
+        assert_eq!(scopes_from_spec("all").len(), 32);
+        assert_eq!(
+            scopes_from_spec(" chat:read, ,roll:read"),
+            ["chat:read", "roll:read"]
+        );
+        assert_eq!(scopes_from_json(None).map(|s| s.len()), Ok(17));
+        assert_eq!(
+            scopes_from_json(Some(&json!(["search"]))),
+            Ok(vec!["search".to_string()])
+        );
+        assert_eq!(
+            scopes_from_json(Some(&json!("all"))).map(|s| s.len()),
+            Ok(32)
+        );
+        assert!(scopes_from_json(Some(&json!([1]))).is_err());
+        assert!(scopes_from_json(Some(&json!({}))).is_err());
+    }
+}
