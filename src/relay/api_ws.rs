@@ -718,12 +718,12 @@ impl Relay {
         self.api.remove(&conn);
         self.subs.remove(&conn);
         let updates = self.hub.drop_conn(conn);
-        self.send_counts(&updates, out);
+        self.api_send_counts(&updates, out);
     }
 
     /// Tell each connected world its new subscriber counts (module-protocol.md §4.1; a world
     /// that is offline gets them all on its next `auth-success`).
-    fn send_counts(&self, updates: &[CountUpdate], out: &mut Vec<Action>) {
+    fn api_send_counts(&self, updates: &[CountUpdate], out: &mut Vec<Action>) {
         for u in updates {
             if let Some(link) = self.worlds.get(&u.world) {
                 out.push(Action::Text {
@@ -971,7 +971,7 @@ impl Relay {
                 Ok(x) => x,
                 Err(e) => return self.api_send(conn, &error_msg(e.message(), rid), out),
             };
-        self.send_counts(&updates, out);
+        self.api_send_counts(&updates, out);
         let mut ok = json!({"type": "subscribed", "channel": channel.as_str()});
         if let Some(r) = request_id {
             ok["requestId"] = r;
@@ -1015,7 +1015,7 @@ impl Relay {
             }
         };
         let (removed, updates) = self.hub.unsubscribe_ws_api(conn, channel);
-        self.send_counts(&updates, out);
+        self.api_send_counts(&updates, out);
         let mut ok = json!({
             "type": "unsubscribed",
             "channel": channel.map_or("all", Channel::as_str),
