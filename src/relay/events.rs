@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use super::io::{Action, Bytes};
+use super::io::Action;
 use super::rest::Caller0;
 use super::world::Live;
 use super::Relay;
@@ -53,20 +53,6 @@ impl Relay {
         out.push(Action::Respond {
             conn,
             resp: self.cors(Response::error(501, "Event streams are not available yet")),
-        });
-    }
-
-    pub(crate) fn deliver_ws_api_reply(
-        &mut self,
-        conn: ConnId,
-        _client_request_id: Value,
-        _world: &str,
-        text: String,
-        out: &mut Vec<Action>,
-    ) {
-        out.push(Action::Text {
-            conn,
-            payload: Bytes::Owned(text.into_bytes()),
         });
     }
 

@@ -60,7 +60,7 @@ pub(crate) enum Role {
     ModuleAuth { meta: Box<Meta>, peer: IpAddr },
     /// An authenticated world link (its clientId is in `Worlds`).
     Module,
-    /// A `/ws/api` client socket (state in `events.rs`).
+    /// A `/ws/api` client socket (state in `api_ws.rs`), authenticated or not yet.
     Api,
     /// A `/ws/events` gateway socket (state in `events.rs`).
     Events,
@@ -76,6 +76,10 @@ pub struct Relay {
     pub(crate) pending: Pending,
     pub(crate) req_ids: RequestIds,
     pub(crate) roles: HashMap<ConnId, Role>,
+    /// `/ws/api` socket state (api_ws.rs).
+    pub(crate) api: HashMap<ConnId, api_ws::ApiSocket>,
+    /// MERGE: the events branch adds this too (subscriber identities, all transports).
+    pub(crate) subs: HashMap<ConnId, api_ws::Subscriber>,
     #[allow(dead_code)]
     pub(crate) hub: Hub,
     pub(crate) clock: Clock,
@@ -99,6 +103,8 @@ impl Relay {
             pending: Pending::new(),
             req_ids: RequestIds::new(),
             roles: HashMap::new(),
+            api: HashMap::new(),
+            subs: HashMap::new(),
             clock,
             started: clock.base,
         }
@@ -149,9 +155,8 @@ impl Relay {
         self.forget_conn_limits(conn);
         match self.roles.remove(&conn) {
             Some(Role::Module) => self.module_closed(conn, now, out),
-            Some(Role::Api) | Some(Role::Events) | Some(Role::Sse) => {
-                self.subscriber_closed(conn, now, out)
-            }
+            Some(Role::Api) => self.api_closed(conn, now, out),
+            Some(Role::Events) | Some(Role::Sse) => self.subscriber_closed(conn, now, out),
             Some(Role::ModuleAuth { .. }) | None => {}
         }
     }
@@ -163,9 +168,8 @@ impl Relay {
                     conn,
                     close: WsClose::new(4002, "Authentication timeout"),
                 }),
-                Some(Role::Api) | Some(Role::Events) => {
-                    self.subscriber_auth_timeout(conn, now, out)
-                }
+                Some(Role::Api) => self.api_auth_timeout(conn, now, out),
+                Some(Role::Events) => self.subscriber_auth_timeout(conn, now, out),
                 _ => {}
             },
             Timer::Request(serial) => self.request_timeout(serial, now, out),
