@@ -19,6 +19,8 @@ pub mod link;
 pub mod pairing;
 pub mod pending;
 pub mod rest;
+pub mod revoke;
+pub mod session_hook;
 pub mod world;
 
 use std::collections::HashMap;
@@ -77,12 +79,17 @@ pub struct Relay {
     pub(crate) hub: Hub,
     pub(crate) clock: Clock,
     pub(crate) started: Instant,
+    /// Subscriber connections (SSE, /ws/api, /ws/events) and whose key they hold (events.rs).
+    pub(crate) subs: HashMap<ConnId, events::Subscriber>,
+    /// `/ws/events` socket state and the upgrade rate limit (gateway.rs).
+    pub(crate) gateway: gateway::Gateway,
 }
 
 impl Relay {
     pub fn new(cfg: Config, state: State, clock: Clock) -> Relay {
         Relay {
             hub: Hub::new(cfg.ring_events, cfg.ring_bytes),
+            gateway: gateway::Gateway::new(&cfg),
             cfg,
             state,
             routes: RouteTable::builtin(),
@@ -92,6 +99,7 @@ impl Relay {
             roles: HashMap::new(),
             clock,
             started: clock.base,
+            subs: HashMap::new(),
         }
     }
 

@@ -138,7 +138,7 @@ impl Relay {
         };
         let route = self.routes.routes()[route_idx].clone();
         let now_ms = self.clock.ms(now);
-        let caller = match self.authenticate(head, now_ms) {
+        let caller = match self.authenticate_route(head, route.kind, now_ms) {
             Ok(c) => c,
             Err(e) => {
                 out.push(Action::Respond {
