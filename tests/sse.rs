@@ -409,7 +409,8 @@ fn api_key_in_the_query_and_auth_errors() {
     let q = format!("/chat/subscribe?clientId={id}&apiKey={key}");
     let mut c = SseClient::connect(addr, &q, &[]).unwrap_or_else(|r| panic!("{}", r.text()));
     connected(&mut c);
-    let cases: Vec<(String, Vec<(&str, &str)>, u16)> = vec![
+    type Case<'a> = (String, Vec<(&'a str, &'a str)>, u16);
+    let cases: Vec<Case> = vec![
         (format!("/chat/subscribe?clientId={id}"), vec![], 401),
         (
             format!("/chat/subscribe?clientId={id}&apiKey=wrong"),
