@@ -50,6 +50,21 @@ fn provision(dir: &Path, extra: &[(&[&str], &[&str])]) -> Keys {
     }
 }
 
+/// Start the relay on `dir`. A relay spawned by a parallel test can briefly inherit the
+/// store lock taken by `provision` (between its fork and exec), so "in use" is retried.
+fn start_relay(dir: &Path, args: &[&str]) -> Relay {
+    for _ in 0..50 {
+        match Relay::try_start_in(dir, args, &[]) {
+            Ok(r) => return r,
+            Err(f) if format!("{f:?}").contains("in use by another") => {
+                std::thread::sleep(millis(100))
+            }
+            Err(f) => panic!("fvtt-relay did not start: {f:?}"),
+        }
+    }
+    panic!("fvtt-relay did not start: data directory stayed locked");
+}
+
 struct Env {
     relay: Relay,
     keys: Keys,
@@ -60,7 +75,7 @@ impl Env {
     fn start(args: &[&str], extra: &[(&[&str], &[&str])]) -> Env {
         let dir = TempDir::new("data");
         let keys = provision(dir.path(), extra);
-        let relay = Relay::start_in(dir.path(), args);
+        let relay = start_relay(dir.path(), args);
         Env {
             relay,
             keys,
