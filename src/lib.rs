@@ -12,6 +12,7 @@ pub mod ids;
 pub mod outq;
 pub mod ratelimit;
 pub mod relay;
+pub mod sdnotify;
 pub mod server;
 pub mod sse;
 pub mod store;

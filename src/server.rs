@@ -234,6 +234,7 @@ impl Server {
             self.conns.len(),
             self.cfg.shutdown_grace
         );
+        crate::sdnotify::notify("STOPPING=1");
         let at = now + self.cfg.shutdown_grace;
         self.shutdown_at = Some(at);
         self.timers.arm(at, LoopTimer::ShutdownDeadline);

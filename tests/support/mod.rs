@@ -29,7 +29,7 @@
 pub mod enc;
 pub mod http;
 // NOTE: needs the store branch (fvtt_relay::store, fvtt_relay::auth); enable on merge.
-// pub mod provision;
+pub mod provision;
 pub mod replies;
 pub mod server;
 pub mod sse;
@@ -38,7 +38,7 @@ pub mod ws;
 
 pub use enc::*;
 pub use http::*;
-// pub use provision::*;
+pub use provision::*;
 pub use replies::*;
 pub use server::*;
 pub use sse::*;

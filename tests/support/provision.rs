@@ -34,11 +34,14 @@ pub fn provision(dir: &Path) -> Provisioned {
     let client_id = fvtt_relay::ids::new_client_id();
     let (admin_key, api_key, token) = {
         let state = store.state_mut();
-        let admin_key = state.ensure_admin_key();
+        let admin_key = state.rotate_admin_key();
         let api_key = state.create_api_key(
             fvtt_relay::auth::NewKey {
                 name: "integration-test".into(),
-                scopes: fvtt_relay::auth::ALL_SCOPES.iter().map(|s| s.to_string()).collect(),
+                scopes: fvtt_relay::auth::ALL_SCOPES
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
                 client_ids: vec![],
                 user_id: None,
                 expires_in_days: None,
@@ -46,18 +49,26 @@ pub fn provision(dir: &Path) -> Provisioned {
             },
             now_ms,
         );
-        let token = state.create_connection_token(&client_id, now_ms);
+        let api_key = match api_key {
+            Ok((_, key)) => key,
+            Err(e) => panic!("cannot create the test API key: {e}"),
+        };
+        let (_, token) = state.create_connection_token(&client_id, now_ms);
         (admin_key, api_key, token)
     };
     if let Err(e) = store.save() {
         panic!("cannot save the store in {}: {e:?}", dir.display());
     }
     drop(store);
+    // Like a first start: the admin key also sits in <data-dir>/admin.key.
+    if let Err(e) = std::fs::write(dir.join("admin.key"), format!("{admin_key}\n")) {
+        panic!("cannot write admin.key in {}: {e}", dir.display());
+    }
     Provisioned {
-        api_key: api_key.into(),
-        admin_key: admin_key.into(),
+        api_key,
+        admin_key,
         client_id,
-        token: token.into(),
+        token,
     }
 }
 

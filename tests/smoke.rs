@@ -1,0 +1,17 @@
+mod support;
+use support::*;
+
+#[test]
+fn forward_round_trip_through_a_simulated_world() {
+    let p = start_provisioned(&[]);
+    let world = FakeWorld::online(p.relay.addr(), &p.keys.client_id, &p.keys.token);
+    let r = get(
+        p.relay.addr(),
+        "/search?query=goblin",
+        &[("x-api-key", p.keys.api_key.as_str())],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["type"], "search-result");
+    drop(world);
+}
