@@ -41,6 +41,7 @@ use std::time::Instant;
 use log::{debug, info};
 use serde_json::{json, Map, Value};
 
+use super::events::Subscriber;
 use super::hub::{Channel, CountUpdate, Filters, Replay, ResumePoint, Transport};
 use super::io::{Action, Bytes, Endpoint, Timer};
 use super::pending::Caller;
@@ -540,6 +541,13 @@ impl Relay {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
+        // Browser origins outside the allow-list are refused before the upgrade, as on
+        // /ws/events (issue 6: the origin rule applies to /ws/api too; the upgrade rate is
+        // counted centrally in rest.rs).
+        if let Some(resp) = self.ws_origin_refusal(head) {
+            out.push(Action::Respond { conn, resp });
+            return;
+        }
         let query = enc::parse_query(&head.query);
         let q = |name: &str| {
             query
@@ -1026,24 +1034,6 @@ impl Relay {
         }
         self.api_send(conn, &ok, out);
     }
-}
-
-// MERGE: moves to events.rs (the events branch defines the shared subscriber record; this
-// is a minimal identical definition so that this branch builds on its own).
-/// Who a subscriber connection is, whatever its transport (`Relay::subs`).
-#[derive(Debug, Clone)]
-#[allow(dead_code)] // read by the events transports
-pub(crate) struct Subscriber {
-    pub transport: Transport,
-    /// The API key's (or connection token's) id; `None` for the admin key.
-    pub key_id: Option<String>,
-    pub scopes: Vec<String>,
-    /// The worlds the credential may use; empty = any.
-    pub client_ids: Vec<String>,
-    /// The bound Foundry user.
-    pub user_id: Option<String>,
-    /// The world it listens to; `None` = every world the key may see.
-    pub world: Option<String>,
 }
 
 #[cfg(test)]

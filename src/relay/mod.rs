@@ -22,6 +22,7 @@ pub mod pairing;
 pub mod pending;
 pub mod rest;
 pub mod revoke;
+pub mod session_hook;
 pub mod world;
 
 use std::collections::HashMap;
@@ -78,8 +79,6 @@ pub struct Relay {
     pub(crate) roles: HashMap<ConnId, Role>,
     /// `/ws/api` socket state (api_ws.rs).
     pub(crate) api: HashMap<ConnId, api_ws::ApiSocket>,
-    /// MERGE: the events branch adds this too (subscriber identities, all transports).
-    pub(crate) subs: HashMap<ConnId, api_ws::Subscriber>,
     #[allow(dead_code)]
     pub(crate) hub: Hub,
     pub(crate) clock: Clock,
@@ -88,6 +87,10 @@ pub struct Relay {
     pub(crate) limits: limits::Limits,
     /// Admin sessions, pair requests, link tokens (relay/pairing.rs, relay/admin.rs).
     pub(crate) owner: pairing::Owner,
+    /// Subscriber connections (SSE, /ws/api, /ws/events) and whose key they hold (events.rs).
+    pub(crate) subs: HashMap<ConnId, events::Subscriber>,
+    /// `/ws/events` socket state and the upgrade rate limit (gateway.rs).
+    pub(crate) gateway: gateway::Gateway,
 }
 
 impl Relay {
@@ -96,6 +99,7 @@ impl Relay {
             hub: Hub::new(cfg.ring_events, cfg.ring_bytes),
             limits: limits::Limits::new(&cfg),
             owner: pairing::Owner::default(),
+            gateway: gateway::Gateway::new(&cfg),
             cfg,
             state,
             routes: RouteTable::builtin(),

@@ -52,10 +52,14 @@ impl Relay {
         out: &mut Vec<Action>,
     ) {
         let path = normalize_path(&head.path);
-        // Upgrades per IP per minute, for every WebSocket endpoint (relay/limits.rs).
-        if let Some(resp) = self.check_upgrade_rate(peer, now) {
-            out.push(Action::Respond { conn, resp });
-            return;
+        // Upgrades per IP per minute, for every WebSocket endpoint (relay/limits.rs); the
+        // gateway counts its own so that its refusal keeps the gateway's error envelope.
+        let gateway = path == "/ws/events" || path.starts_with("/ws/events/");
+        if !gateway {
+            if let Some(resp) = self.check_upgrade_rate(peer, now) {
+                out.push(Action::Respond { conn, resp });
+                return;
+            }
         }
         match path {
             "/relay" | "/" => self.module_upgrade(conn, peer, head, now, out),
@@ -142,7 +146,7 @@ impl Relay {
         };
         let route = self.routes.routes()[route_idx].clone();
         let now_ms = self.clock.ms(now);
-        let caller = match self.authenticate(head, now_ms) {
+        let caller = match self.authenticate_route(head, route.kind, now_ms) {
             Ok(c) => c,
             Err(e) => {
                 out.push(Action::Respond {
