@@ -166,7 +166,7 @@ async function boot() {
 }
 
 // -- Admin page
-const A = { worlds: [], scopes: null, seen: {}, bound: false, code: null };
+const A = { worlds: [], scopes: null, seen: {}, data: {}, bound: false, code: null };
 
 // Load one panel; errors show in the notice line instead of breaking the others.
 async function load(name, path, render) {
@@ -175,6 +175,7 @@ async function load(name, path, render) {
     const json = JSON.stringify(data);
     if (A.seen[name] === json) return; // unchanged: keep focus and open <details>
     A.seen[name] = json;
+    A.data[name] = data;
     render(data);
   } catch (e) {
     if (e.status !== 401) setMsg('notice', name + ': ' + e.message, 'err');
@@ -230,6 +231,9 @@ function renderWorlds(d) {
         } }, 'Unpair')));
   }), 'No worlds yet: approve a pair request or use a pairing code.');
   renderKeyWorlds();
+  // Keys and tokens show world names: redraw them with the new ones.
+  if (A.data.keys) renderKeys(A.data.keys);
+  if (A.data.tokens) renderTokens(A.data.tokens);
 }
 
 function renderRequests(d) {
@@ -514,6 +518,7 @@ function adminStart() {
     });
   }
   A.seen = {};
+  A.data = {};
   setMsg('notice', '');
   // Worlds first: the other panels show world names.
   loadWorlds().then(() => Promise.all([loadRequests(), loadKeys(), loadTokens(), loadScopes()]));
