@@ -385,7 +385,6 @@ fn chat(id: &str, alias: &str) -> Value {
 
 /// Needs the events branch's `publish_event` (the world link's events reach the hub there).
 #[test]
-#[ignore = "needs the events branch (publish_event); un-ignore on merge"]
 fn filters_and_since_resume() {
     let s = setup(&[]);
     let world = s.world();
