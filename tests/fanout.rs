@@ -126,6 +126,9 @@ fn one_event_reaches_2000_subscribers_once_and_in_order() {
             "1000",
             "--ws-upgrade-rate-limit",
             "100000",
+            // 1,000 streams open with one key inside a second: far past 300/min.
+            "--rate-limit-per-minute",
+            "100000",
             "--log-level",
             "warn",
         ],
