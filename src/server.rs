@@ -81,6 +81,8 @@ pub struct Server {
     shutdown_at: Option<Instant>,
     date: DateCache,
     local_addr: SocketAddr,
+    /// One read buffer for every connection (see `Conn::read_socket`).
+    scratch: Vec<u8>,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -137,6 +139,7 @@ impl Server {
             shutdown_at: None,
             date: DateCache::new(),
             local_addr,
+            scratch: vec![0u8; 64 * 1024],
         })
     }
 
@@ -347,8 +350,10 @@ impl Server {
 
     fn on_readable(&mut self, id: ConnId, now: Instant) {
         let cfg = self.cfg.clone();
-        let Some(c) = self.conn_mut(id) else { return };
-        let r = c.read_socket(&cfg);
+        let Some(c) = self.conns.get_mut(id.key).filter(|c| c.id == id && !c.dead) else {
+            return;
+        };
+        let r = c.read_socket(&cfg, &mut self.scratch);
         if r.error {
             c.dead = true;
             self.mark_dirty(id);
@@ -372,6 +377,7 @@ impl Server {
             }
         }
         if let Some(c) = self.conn_mut(id) {
+            c.trim_buffers();
             if c.read_pending {
                 self.ready.push(id);
             }
