@@ -101,6 +101,23 @@ fn resource_exhausted(e: &io::Error) -> bool {
     )
 }
 
+/// The client's address for rate limits, allow-lists and logs: the TCP peer, or, behind a
+/// reverse proxy on this host (`trust_forwarded`), the address that proxy appended to
+/// `X-Forwarded-For` (the rightmost entry: earlier ones are whatever the client claimed).
+fn client_ip(peer: IpAddr, head: &Head, trust_forwarded: bool) -> IpAddr {
+    if !trust_forwarded || !peer.is_loopback() {
+        return peer;
+    }
+    head.headers
+        .iter()
+        .filter(|h| h.name == "x-forwarded-for")
+        .filter_map(|h| std::str::from_utf8(&h.value).ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|ip| ip.trim().parse::<IpAddr>().ok())
+        .last()
+        .unwrap_or(peer)
+}
+
 impl Server {
     /// Bind the listener and prepare the loop. Nothing is accepted until `run`.
     pub fn bind(cfg: Config, store: Store, relay: Relay) -> Result<Server, Fatal> {
@@ -424,9 +441,14 @@ impl Server {
 
     /// Route a complete request: test echo upgrade, other upgrades (validated here, decided
     /// by the relay), or a plain request for the relay.
-    fn dispatch(&mut self, id: ConnId, head: Head, body: Vec<u8>, now: Instant) {
+    fn dispatch(&mut self, id: ConnId, mut head: Head, body: Vec<u8>, now: Instant) {
         let Some(c) = self.conn_mut(id) else { return };
-        let peer = c.peer.ip();
+        let peer = client_ip(c.peer.ip(), &head, self.cfg.trust_forwarded);
+        // X-Forwarded-* reach the relay only from a trusted proxy on this host; from anyone
+        // else they are whatever a client claims, so they are dropped here.
+        if !(self.cfg.trust_forwarded && c.peer.ip().is_loopback()) {
+            head.headers.retain(|h| !h.name.starts_with("x-forwarded-"));
+        }
         if head.wants_upgrade {
             let getter = |name: &str| -> Option<String> {
                 let vals: Vec<&str> = head
@@ -903,5 +925,43 @@ impl Server {
             // Actions from the relay may have queued bytes or killed more connections.
             self.flush_dirty();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::request::{HeadParser, Limits};
+
+    fn head(extra: &str) -> Head {
+        let raw = format!("GET / HTTP/1.1\r\nHost: x\r\n{extra}\r\n");
+        let limits = Limits {
+            max_head_bytes: 16384,
+            max_headers: 100,
+            max_body_bytes: 0,
+        };
+        match HeadParser::new().parse(raw.as_bytes(), &limits) {
+            Ok(Some((h, _))) => h,
+            other => panic!("test head did not parse: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn forwarded_for_only_from_a_trusted_loopback_proxy() {
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let lan: IpAddr = "192.0.2.7".parse().unwrap();
+        let h = head("X-Forwarded-For: 203.0.113.9, 198.51.100.4\r\n");
+        assert_eq!(
+            client_ip(lo, &h, true),
+            "198.51.100.4".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(client_ip(lo, &h, false), lo, "not trusted");
+        assert_eq!(client_ip(lan, &h, true), lan, "not from loopback");
+        assert_eq!(client_ip(lo, &head(""), true), lo, "no header");
+        assert_eq!(
+            client_ip(lo, &head("X-Forwarded-For: junk\r\n"), true),
+            lo,
+            "unparseable"
+        );
     }
 }

@@ -346,9 +346,10 @@ impl Relay {
     }
 
     /// This relay's public base for a request (see [`public_base`]).
-    pub(crate) fn base_for(&self, peer: IpAddr, head: &Head) -> PublicBase {
-        // X-Forwarded-Proto only from a proxy on this host (config: trust_forwarded).
-        let proto = if self.cfg.trust_forwarded && peer.is_loopback() {
+    pub(crate) fn base_for(&self, _peer: IpAddr, head: &Head) -> PublicBase {
+        // X-Forwarded-Proto only from a proxy on this host: the loop drops X-Forwarded-*
+        // from any other peer, so a header that is still here came through that proxy.
+        let proto = if self.cfg.trust_forwarded {
             head.header("x-forwarded-proto")
         } else {
             None
