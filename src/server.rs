@@ -442,11 +442,12 @@ impl Server {
     /// Route a complete request: test echo upgrade, other upgrades (validated here, decided
     /// by the relay), or a plain request for the relay.
     fn dispatch(&mut self, id: ConnId, mut head: Head, body: Vec<u8>, now: Instant) {
+        let trust = self.cfg.trust_forwarded;
         let Some(c) = self.conn_mut(id) else { return };
-        let peer = client_ip(c.peer.ip(), &head, self.cfg.trust_forwarded);
+        let peer = client_ip(c.peer.ip(), &head, trust);
         // X-Forwarded-* reach the relay only from a trusted proxy on this host; from anyone
         // else they are whatever a client claims, so they are dropped here.
-        if !(self.cfg.trust_forwarded && c.peer.ip().is_loopback()) {
+        if !(trust && c.peer.ip().is_loopback()) {
             head.headers.retain(|h| !h.name.starts_with("x-forwarded-"));
         }
         if head.wants_upgrade {
