@@ -114,7 +114,7 @@ fn client_ip(peer: IpAddr, head: &Head, trust_forwarded: bool) -> IpAddr {
         .filter_map(|h| std::str::from_utf8(&h.value).ok())
         .flat_map(|v| v.split(','))
         .filter_map(|ip| ip.trim().parse::<IpAddr>().ok())
-        .last()
+        .next_back()
         .unwrap_or(peer)
 }
 

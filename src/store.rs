@@ -406,6 +406,9 @@ fn corrupt(dir: &Path, path: &Path, problem: &str) -> Fatal {
 
 /// Open `<dir>/lock` and take an exclusive, non-blocking `flock` on it; write our pid into it
 /// so the refusal a second relay prints can say who holds it.
+/// How long a busy lock is retried before the data directory counts as in use.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_millis(500);
+
 fn take_lock(dir: &Path) -> Result<File, Fatal> {
     let path = dir.join(LOCK_FILE);
     let mut file = OpenOptions::new()
@@ -417,7 +420,19 @@ fn take_lock(dir: &Path) -> Result<File, Fatal> {
         .open(&path)
         .map_err(|e| Fatal::State(format!("cannot open lock file {}: {e}", path.display())))?;
     // `File::try_lock` (flock LOCK_EX|LOCK_NB on Unix) is std since 1.89 (our rust-version).
-    let locked = file.try_lock();
+    // A lock can be held for an instant by a process that does not own it: a child forked
+    // by another thread between fork and exec carries a copy of every descriptor (even
+    // close-on-exec ones). So a busy lock is retried briefly before we call it "in use";
+    // a running relay holds it for good and still gets refused within LOCK_PATIENCE.
+    let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+    let locked = loop {
+        match file.try_lock() {
+            Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(25));
+            }
+            other => break other,
+        }
+    };
     match locked {
         Ok(()) => {}
         Err(fs::TryLockError::WouldBlock) => {
