@@ -10,6 +10,7 @@
 //! `forward` (pure parameter and reply shaping).
 
 pub mod api_ws;
+pub mod docs;
 pub mod events;
 pub mod forward;
 pub mod gateway;
