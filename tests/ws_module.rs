@@ -207,7 +207,7 @@ fn unknown_messages_are_ignored_and_never_echoed() {
     let dir = TempDir::new("data");
     let keys = provision(dir.path());
     let (id2, tok2) = {
-        let mut store = fvtt_relay::store::Store::open(dir.path()).expect("store");
+        let mut store = open_store(dir.path());
         let id = "fvtt_00000000000000c2".to_string();
         let (_, tok) = store.state_mut().create_connection_token(&id, 1);
         store.save().expect("save");
@@ -286,4 +286,17 @@ fn sigterm_closes_the_module_with_1001() {
     let (code, reason) = ws.recv_close(secs(10)).expect("a close frame");
     assert_eq!(code, 1001, "reason {reason:?}");
     assert!(p.relay.wait_exit(secs(10)).is_some(), "relay did not exit");
+}
+
+/// Open the data dir's store. Another test spawning a relay can hold a copy of the lock's
+/// file description between its fork and exec, so a moment's retry is expected.
+fn open_store(dir: &std::path::Path) -> fvtt_relay::store::Store {
+    let deadline = std::time::Instant::now() + secs(5);
+    loop {
+        match fvtt_relay::store::Store::open(dir) {
+            Ok(s) => return s,
+            Err(e) if std::time::Instant::now() >= deadline => panic!("store: {e:?}"),
+            Err(_) => std::thread::sleep(millis(20)),
+        }
+    }
 }
