@@ -298,6 +298,10 @@ options! {
     section "Relay" {
         /// Fallback timeout for a forwarded request when its route names none; then 408.
         request_timeout_default: Duration = duration("10s"), "time";
+        /// Cap on every forwarded request's timeout: a route's own timeout (10 to 45 s, from
+        /// routes.tsv) or --request-timeout-default is clamped to this. The default is the
+        /// longest route timeout, so it changes nothing; lower it to fail sooner.
+        max_request_timeout: Duration = duration("45s"), "time";
         /// Timeout for a request sent over /ws/api.
         ws_api_request_timeout: Duration = duration("30s"), "time";
         /// Requests one /ws/api connection may have in flight at once.
@@ -957,6 +961,7 @@ mod tests {
             slow_consumer_grace: secs(10),
             module_outq_hard_bytes: 256 * M,
             request_timeout_default: secs(10),
+            max_request_timeout: secs(45),
             ws_api_request_timeout: secs(30),
             ws_api_max_inflight: 100,
             sse_max_per_channel: 10,

@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod api_ws;
+pub mod docs;
 pub mod events;
 pub mod forward;
 pub mod gateway;

@@ -103,6 +103,14 @@ impl Relay {
             (Method::Get | Method::Head, "/api/health") => {
                 return self.respond(conn, 200, self.health_json(now), out)
             }
+            (Method::Get | Method::Head, "/openapi.json") => {
+                let doc = super::docs::openapi(&self.routes, &self.docs_server_url(peer, head));
+                return self.respond(conn, 200, doc, out);
+            }
+            (Method::Get | Method::Head, "/asyncapi.json") => {
+                let doc = super::docs::asyncapi(&self.routes, &self.docs_server_url(peer, head));
+                return self.respond(conn, 200, doc, out);
+            }
             (Method::Get | Method::Head, "/") => {
                 return self.respond(conn, 200, json!({"status": "ok"}), out)
             }
@@ -204,6 +212,22 @@ impl Relay {
         });
     }
 
+    /// This relay's external URL for the API documents: `--public-url`, else the request's
+    /// Host, as https only when a trusted proxy on loopback says so.
+    fn docs_server_url(&self, peer: IpAddr, head: &Head) -> String {
+        let https = self.cfg.trust_forwarded
+            && peer.is_loopback()
+            && head
+                .header("x-forwarded-proto")
+                .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
+        super::docs::server_url(
+            self.cfg.public_url.as_deref(),
+            head.header("host"),
+            https,
+            &self.cfg.listen.to_string(),
+        )
+    }
+
     /// `x-api-key` (or `Authorization: Bearer`) → the caller's scopes and bindings.
     pub(crate) fn authenticate(&mut self, head: &Head, now_ms: u64) -> Result<Caller0, AuthError> {
         let presented = presented_key(head);
@@ -292,9 +316,7 @@ impl Relay {
         out: &mut Vec<Action>,
     ) {
         let query = enc::parse_query(&head.query);
-        let is_json = head
-            .header("content-type")
-            .is_none_or(|ct| ct.to_ascii_lowercase().contains("json"));
+        let is_json = forward::upload_body_is_json(head.header("content-type"));
         let mut body_json: Option<Value> = None;
         let mut raw_upload: Option<Map<String, Value>> = None;
         if head.method != Method::Get && !body.is_empty() {
@@ -331,16 +353,12 @@ impl Relay {
             };
         drop(body_json);
         // `/create` of a Macro needs macro:write too (api-surface.md, extra validation).
-        if route.ws_type == "create"
-            && params.get("entityType").and_then(Value::as_str) == Some("Macro")
-            && !caller.scopes.iter().any(|s| s == "macro:write")
+        if let Err(ParamError { status, body }) =
+            forward::check_extra_scope(route, &params, &caller.scopes)
         {
             out.push(Action::Respond {
                 conn,
-                resp: self.cors(Response::error(
-                    400,
-                    "API key lacks required scope: macro:write",
-                )),
+                resp: self.cors(Response::json(status, &body)),
             });
             return;
         }
@@ -372,7 +390,8 @@ impl Relay {
             Duration::from_millis(route.timeout_ms)
         } else {
             self.cfg.request_timeout_default
-        };
+        }
+        .min(self.cfg.max_request_timeout);
         let deadline = now + timeout;
         debug!("{conn}: {} -> {world} as {request_id}", route.pattern);
         let serial = self.pending.insert(

@@ -1,0 +1,302 @@
+//! The `/relay` world link as the Foundry module sees it (module-protocol.md §1, issue 4):
+//! query checks before the upgrade, first-message auth and its close codes, the heartbeat,
+//! duplicate links, message handling, large messages and shutdown.
+
+mod support;
+use support::*;
+
+use std::time::Instant;
+
+fn relay_query(id: &str) -> String {
+    format!("id={id}&worldId=w1&worldTitle=My+World+%26+Co&systemId=dnd5e&customName=GM+Laptop")
+}
+
+/// A raw module link at `path`, authenticated; returns it after `auth-success`.
+fn raw_module(p: &ProvisionedRelay, path: &str) -> WsClient {
+    let mut ws = ws_connect(p.relay.addr(), path, &[]).unwrap_or_else(|e| panic!("{path}: {e:?}"));
+    ws.send_json(&json!({"type": "auth", "token": p.keys.token}))
+        .expect("send auth");
+    let v = ws
+        .recv_json(secs(5))
+        .unwrap_or_else(|| panic!("{path}: no auth reply"));
+    assert_eq!(v, json!({"type": "auth-success"}), "{path}");
+    ws
+}
+
+fn clients(p: &ProvisionedRelay) -> Value {
+    let r = get(
+        p.relay.addr(),
+        "/clients",
+        &[("x-api-key", p.keys.api_key.as_str())],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    r.json()
+}
+
+fn online_count(p: &ProvisionedRelay) -> u64 {
+    get(p.relay.addr(), "/api/status", &[]).json()["connectedWorlds"]
+        .as_u64()
+        .unwrap_or(99)
+}
+
+#[test]
+fn query_errors_are_400_before_the_upgrade() {
+    let p = start_provisioned(&[]);
+    for path in ["/relay", "/relay?worldId=w", "/relay?id="] {
+        match ws_connect(p.relay.addr(), path, &[]) {
+            Err(e) => assert_eq!(e.status(), Some(400), "{path}: {e:?}"),
+            Ok(_) => panic!("{path}: upgraded"),
+        }
+    }
+    let path = format!("/relay?id={}&token={}", p.keys.client_id, p.keys.token);
+    match ws_connect(p.relay.addr(), &path, &[]) {
+        Err(e) => {
+            assert_eq!(e.status(), Some(400), "{e:?}");
+            let body = e.response().map(|r| r.text()).unwrap_or_default();
+            assert!(
+                body.contains("Token URL parameter is not supported"),
+                "{body}"
+            );
+        }
+        Ok(_) => panic!("token in the URL was accepted"),
+    }
+}
+
+#[test]
+fn every_module_path_form_works_and_metadata_is_form_decoded() {
+    let p = start_provisioned(&[]);
+    let q = relay_query(&p.keys.client_id);
+    for path in ["/relay", "/relay/", "//relay", "/"] {
+        let mut ws = raw_module(&p, &format!("{path}?{q}"));
+        let v = clients(&p);
+        let c = &v["clients"][0];
+        assert_eq!(c["isOnline"], true, "{path}: {v}");
+        assert_eq!(c["worldTitle"], "My World & Co", "{path}");
+        assert_eq!(c["customName"], "GM Laptop", "{path}");
+        ws.close();
+        assert!(
+            wait_for(secs(5), || online_count(&p) == 0),
+            "{path}: still online after close"
+        );
+    }
+}
+
+#[test]
+fn the_first_message_must_authenticate() {
+    let p = start_provisioned(&["--auth-timeout", "1s"]);
+    let path = format!("/relay?{}", relay_query(&p.keys.client_id));
+    let addr = p.relay.addr();
+
+    // Silence: closed 4002 after the auth timeout.
+    let t0 = Instant::now();
+    let mut ws = ws_connect(addr, &path, &[]).expect("upgrade");
+    assert_eq!(
+        ws.recv_close(secs(5)),
+        Some((4002, "Authentication timeout".into()))
+    );
+    let took = t0.elapsed();
+    assert!(took >= millis(900) && took < secs(4), "{took:?}");
+
+    // Not an auth message.
+    for bad in [
+        r#"{"type":"ping"}"#,
+        "not json",
+        r#"{"type":"auth"}"#,
+        r#"{"type":"auth","token":""}"#,
+    ] {
+        let mut ws = ws_connect(addr, &path, &[]).expect("upgrade");
+        ws.send_text(bad).expect("send");
+        assert_eq!(
+            ws.recv_close(secs(5)),
+            Some((4002, "Invalid auth message".into())),
+            "{bad}"
+        );
+    }
+
+    // A wrong token, or the right token for another clientId.
+    let mut ws = ws_connect(addr, &path, &[]).expect("upgrade");
+    ws.send_json(&json!({"type": "auth", "token": "0".repeat(64)}))
+        .expect("send");
+    let (code, _) = ws.recv_close(secs(5)).expect("closed");
+    assert_eq!(code, 4002);
+    let other = format!("/relay?{}", relay_query("fvtt_0000000000000001"));
+    let mut ws = ws_connect(addr, &other, &[]).expect("upgrade");
+    ws.send_json(&json!({"type": "auth", "token": p.keys.token}))
+        .expect("send");
+    let (code, _) = ws.recv_close(secs(5)).expect("closed");
+    assert_eq!(code, 4002);
+    assert_eq!(online_count(&p), 0);
+
+    // Success is exactly {"type":"auth-success"}, byte for byte.
+    let mut ws = ws_connect(addr, &path, &[]).expect("upgrade");
+    ws.send_json(&json!({"type": "auth", "token": p.keys.token}))
+        .expect("send");
+    match ws.recv(secs(5)) {
+        Some(tungstenite::Message::Text(t)) => assert_eq!(t.as_str(), r#"{"type":"auth-success"}"#),
+        other => panic!("expected auth-success, got {other:?}"),
+    }
+    // And the module's JSON ping gets a JSON pong.
+    ws.send_json(&json!({"type": "ping"})).expect("ping");
+    assert_eq!(ws.recv_json(secs(5)), Some(json!({"type": "pong"})));
+}
+
+#[test]
+fn a_module_that_stops_answering_pings_is_dropped() {
+    let p = start_provisioned(&[
+        "--module-ping-interval",
+        "1s",
+        "--module-idle-timeout",
+        "2s",
+    ]);
+    let path = format!("/relay?{}", relay_query(&p.keys.client_id));
+    // A module that keeps reading answers the control pings and stays.
+    let mut alive = raw_module(&p, &path);
+    let t0 = Instant::now();
+    while t0.elapsed() < millis(3500) {
+        let _ = alive.recv(millis(200));
+    }
+    assert!(!alive.is_ended(), "a reading module was dropped");
+    assert_eq!(online_count(&p), 1);
+    alive.close();
+    assert!(wait_for(secs(5), || online_count(&p) == 0));
+
+    // A raw client that authenticates and then never reads answers no ping.
+    let (mut ws, _) = ws_handshake(p.relay.addr(), &path, &[], secs(5)).expect("upgrade");
+    ws.send(tungstenite::Message::text(
+        json!({"type": "auth", "token": p.keys.token}).to_string(),
+    ))
+    .expect("auth");
+    assert!(wait_for(secs(3), || online_count(&p) == 1), "never online");
+    let t0 = Instant::now();
+    assert!(
+        wait_for(secs(6), || online_count(&p) == 0),
+        "a silent module was not dropped"
+    );
+    let took = t0.elapsed();
+    assert!(took >= millis(1000), "dropped too early: {took:?}");
+}
+
+#[test]
+fn a_reconnect_from_the_same_host_replaces_the_old_link() {
+    let p = start_provisioned(&[]);
+    let path = format!("/relay?{}", relay_query(&p.keys.client_id));
+    let mut old = raw_module(&p, &path);
+    let mut new = raw_module(&p, &path);
+    assert_eq!(
+        old.recv_close(secs(5)),
+        Some((1000, "Replaced by reconnect".into()))
+    );
+    assert_eq!(online_count(&p), 1);
+    // The new link serves requests.
+    let addr = p.relay.addr();
+    let key = p.keys.api_key.clone();
+    let caller =
+        std::thread::spawn(move || get(addr, "/search?query=dup", &[("x-api-key", key.as_str())]));
+    let req = new
+        .recv_type("search", secs(5))
+        .expect("request on the new link");
+    let reply = json!({"type": "search-result", "requestId": req["requestId"], "results": []});
+    new.send_json(&reply).expect("reply");
+    let r = caller.join().expect("caller");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.text(), reply.to_string());
+}
+
+#[test]
+fn unknown_messages_are_ignored_and_never_echoed() {
+    let dir = TempDir::new("data");
+    let keys = provision(dir.path());
+    let (id2, tok2) = {
+        let mut store = open_store(dir.path());
+        let id = "fvtt_00000000000000c2".to_string();
+        let (_, tok) = store.state_mut().create_connection_token(&id, 1);
+        store.save().expect("save");
+        (id, tok)
+    };
+    let relay = Relay::start_in(dir.path(), &[]);
+    let a = FakeWorld::online(relay.addr(), &keys.client_id, &keys.token);
+    let b = FakeWorld::online(relay.addr(), &id2, &tok2);
+    // Each world pings once after auth-success; let that pong arrive first.
+    assert!(a.wait_request("pong", secs(5)).is_some());
+    assert!(b.wait_request("pong", secs(5)).is_some());
+    let before_a = a.received_len();
+    let before_b = b.received_len();
+    for m in [
+        json!({"type": "totally-unknown", "data": {"x": 1}}),
+        json!({"type": "search-result", "requestId": "nobody-asked", "results": []}),
+        json!({"no": "type"}),
+        json!([1, 2, 3]),
+    ] {
+        assert!(a.send_json(&m));
+    }
+    assert!(a.send_text("not json at all"));
+    assert!(a.send_json(&json!({"type": "module-notify", "event": "test", "details": "hi"})));
+    std::thread::sleep(millis(500));
+    assert_eq!(a.received_len(), before_a, "{:?}", a.received());
+    assert_eq!(b.received_len(), before_b, "{:?}", b.received());
+    // Both links are still up and serving.
+    assert!(a.is_connected() && b.is_connected());
+    let r = get(
+        relay.addr(),
+        &format!("/search?query=x&clientId={id2}"),
+        &[("x-api-key", keys.api_key.as_str())],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
+#[test]
+fn a_20_mib_module_message_is_accepted() {
+    let p = start_provisioned(&[]);
+    let path = format!("/relay?{}", relay_query(&p.keys.client_id));
+    let mut ws = raw_module(&p, &path);
+    let addr = p.relay.addr();
+    let key = p.keys.api_key.clone();
+    let caller = std::thread::spawn(move || {
+        let raw = build_request(
+            "GET",
+            "/download?path=big.bin",
+            &addr.to_string(),
+            &[("x-api-key", key.as_str()), ("Connection", "close")],
+            None,
+        );
+        try_http_request(addr, &raw, secs(60))
+    });
+    let req = ws.recv_type("download-file", secs(5)).expect("request");
+    let bytes = pattern_bytes(15 << 20); // 20 MiB once base64-encoded
+    let reply = json!({"type": "download-file-result", "requestId": req["requestId"],
+        "success": true, "fileData": data_url("application/octet-stream", &bytes),
+        "filename": "big.bin", "mimeType": "application/octet-stream"});
+    let text = reply.to_string();
+    assert!(text.len() >= 20 << 20, "{}", text.len());
+    ws.send_text(&text).expect("send 20 MiB");
+    let r = caller.join().expect("caller").expect("response");
+    assert_eq!(r.status, 200, "{:?}", r.raw_head);
+    assert!(r.body == bytes, "corrupted: {} bytes", r.body.len());
+    // The link survived.
+    ws.send_json(&json!({"type": "ping"})).expect("ping");
+    assert_eq!(ws.recv_json(secs(5)), Some(json!({"type": "pong"})));
+}
+
+#[test]
+fn sigterm_closes_the_module_with_1001() {
+    let mut p = start_provisioned(&[]);
+    let path = format!("/relay?{}", relay_query(&p.keys.client_id));
+    let mut ws = raw_module(&p, &path);
+    p.relay.sigterm();
+    let (code, reason) = ws.recv_close(secs(10)).expect("a close frame");
+    assert_eq!(code, 1001, "reason {reason:?}");
+    assert!(p.relay.wait_exit(secs(10)).is_some(), "relay did not exit");
+}
+
+/// Open the data dir's store. Another test spawning a relay can hold a copy of the lock's
+/// file description between its fork and exec, so a moment's retry is expected.
+fn open_store(dir: &std::path::Path) -> fvtt_relay::store::Store {
+    let deadline = std::time::Instant::now() + secs(5);
+    loop {
+        match fvtt_relay::store::Store::open(dir) {
+            Ok(s) => return s,
+            Err(e) if std::time::Instant::now() >= deadline => panic!("store: {e:?}"),
+            Err(_) => std::thread::sleep(millis(20)),
+        }
+    }
+}
