@@ -210,11 +210,20 @@ fn run() -> Res<()> {
                 .collect(),
         );
     } else {
-        let (fwd, dl) = forwarding_and_download(&env, &set)?;
-        report["forwarding"] = Value::Array(fwd);
-        report["download"] = Value::Array(dl);
-        report["idle"] = Value::Array(idle(&env, &set)?);
-        report["fanout"] = Value::Array(fanout(&env, &set)?);
+        // BENCH_ONLY=fanout,idle (say) runs a subset while working on one part.
+        let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+        let wants = |name: &str| only.is_empty() || only.split(',').any(|o| o.trim() == name);
+        if wants("forwarding") || wants("download") {
+            let (fwd, dl) = forwarding_and_download(&env, &set)?;
+            report["forwarding"] = Value::Array(fwd);
+            report["download"] = Value::Array(dl);
+        }
+        if wants("idle") {
+            report["idle"] = Value::Array(idle(&env, &set)?);
+        }
+        if wants("fanout") {
+            report["fanout"] = Value::Array(fanout(&env, &set)?);
+        }
     }
     report["elapsed_s"] = json!(round2(started.elapsed().as_secs_f64()));
 
@@ -510,7 +519,7 @@ fn idle(env: &Env, set: &Settings) -> Res<Vec<Value>> {
         let t0 = Instant::now();
         while held.len() < n && t0.elapsed() < Duration::from_secs(120) {
             let s = if ws {
-                open_sub(&relay, env, SubKind::WsEvents)?.stream
+                open_sub(&relay, env, SubKind::WsEvents)?.0
             } else {
                 idle_http(&relay, env)?
             };
@@ -527,6 +536,7 @@ fn idle(env: &Env, set: &Settings) -> Res<Vec<Value>> {
         thread::sleep(set.idle_window);
         let c1 = ctx_switches(relay.pid)?;
         let secs = w0.elapsed().as_secs_f64();
+        let open = held.iter().filter(|s| still_open(s)).count();
         let per_conn = if n > 0 {
             json!(round1(
                 (rss.saturating_sub(base_kib) * 1024) as f64 / n as f64
@@ -541,6 +551,7 @@ fn idle(env: &Env, set: &Settings) -> Res<Vec<Value>> {
             "bytes_per_conn": per_conn,
             "wakeups_per_s": round2(c1.saturating_sub(c0) as f64 / secs),
             "window_s": round1(secs),
+            "still_open": open,
             "connect_s": round2(connect_s),
         });
         print_row("idle", &row);
@@ -549,6 +560,20 @@ fn idle(env: &Env, set: &Settings) -> Res<Vec<Value>> {
     drop(held);
     world.stop();
     Ok(rows)
+}
+
+/// Whether the relay has kept `s` open: a peek sees no EOF (unread bytes are fine).
+fn still_open(s: &TcpStream) -> bool {
+    if s.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let mut b = [0u8; 1];
+    let open = match s.peek(&mut b) {
+        Ok(n) => n > 0,
+        Err(e) => e.kind() == ErrorKind::WouldBlock,
+    };
+    let _ = s.set_nonblocking(false);
+    open
 }
 
 /// A keep-alive connection that has completed one forwarded request and then sits idle.
@@ -610,24 +635,33 @@ fn fanout(env: &Env, set: &Settings) -> Res<Vec<Value>> {
     for &n in &set.fanout_subs {
         let mut subs = Subs::new()?;
         let t0 = Instant::now();
-        for i in 0..n {
-            let kind = kinds.get(i % kinds.len()).copied().unwrap_or(SubKind::Sse);
+        for kind in plan(&kinds, n) {
             subs.add(open_sub(&relay, env, kind)?)?;
         }
         subs.pump(None, Instant::now() + Duration::from_secs(20), |s| {
-            s.ready == s.subs.len()
+            s.subs.iter().all(|x| x.ready || x.refused || x.closed)
         });
         let connect_s = t0.elapsed().as_secs_f64();
         // Give the relay time to tell the world about the new subscriber counts.
         thread::sleep(Duration::from_millis(200));
+        // Per transport: subscribers that are ready / that were opened.
         let mix = kinds
             .iter()
             .map(|k| {
-                let c = subs.subs.iter().filter(|s| s.kind == *k).count();
-                format!("{}={c}", k.name())
+                let of = subs.subs.iter().filter(|s| s.kind == *k);
+                let ready = of.clone().filter(|s| s.ready).count();
+                format!("{}={ready}/{}", k.name(), of.count())
             })
             .collect::<Vec<_>>()
             .join(" ");
+        let refused: Vec<String> = subs
+            .subs
+            .iter()
+            .filter(|s| s.refused)
+            .map(|s| s.note.clone())
+            .take(1)
+            .collect();
+        let refused_n = subs.subs.iter().filter(|s| s.refused).count();
         let phases = [
             ("single", 1, Duration::ZERO),
             ("burst", set.burst, Duration::ZERO),
@@ -641,6 +675,10 @@ fn fanout(env: &Env, set: &Settings) -> Res<Vec<Value>> {
             row["transports"] = json!(mix);
             row["ready"] = json!(subs.ready);
             row["connect_s"] = json!(round2(connect_s));
+            if refused_n > 0 {
+                row["refused"] = json!(refused_n);
+                row["refused_reason"] = json!(refused.first());
+            }
             print_row("fanout", &row);
             rows.push(row);
         }
@@ -650,6 +688,35 @@ fn fanout(env: &Env, set: &Settings) -> Res<Vec<Value>> {
     }
     world.stop();
     Ok(rows)
+}
+
+/// /ws/api subscriptions per world: the reference's cap of 10 (relay-protocol.md §4.5), which
+/// fvtt-relay keeps.
+const WS_API_PER_WORLD: usize = 10;
+
+/// Which transport each of `n` subscribers uses: /ws/api up to its cap, the rest spread
+/// evenly over the other available transports.
+fn plan(kinds: &[SubKind], n: usize) -> Vec<SubKind> {
+    let others: Vec<SubKind> = kinds
+        .iter()
+        .copied()
+        .filter(|k| *k != SubKind::WsApi)
+        .collect();
+    let api = if kinds.contains(&SubKind::WsApi) {
+        let share = if others.is_empty() {
+            n
+        } else {
+            n / kinds.len()
+        };
+        share.min(WS_API_PER_WORLD)
+    } else {
+        0
+    };
+    let mut out = vec![SubKind::WsApi; api];
+    if !others.is_empty() {
+        out.extend((0..n - api).filter_map(|i| others.get(i % others.len()).copied()));
+    }
+    out
 }
 
 fn fanout_phase(
@@ -667,7 +734,7 @@ fn fanout_phase(
     let live = subs.subs.iter().filter(|s| s.ready && !s.closed).count() as u64;
     let before = Sample::take(Some(relay.pid));
     // Leave the world a moment to pick the command up: latency counts from `start`.
-    let start = Instant::now() + Duration::from_millis(5);
+    let start = Instant::now() + Duration::from_millis(10);
     world.events(first, count, interval, start)?;
     let span = interval * count as u32;
     let deadline = start + span + Duration::from_secs(10);
@@ -682,6 +749,7 @@ fn fanout_phase(
         stray: 0,
         out_of_order: 0,
         all_at: None,
+        first_at: None,
     };
     let expected = live * count;
     subs.pump(Some(&mut acc), deadline, |_| false);
@@ -692,6 +760,10 @@ fn fanout_phase(
         .map(|t| t.duration_since(start).as_secs_f64())
         .unwrap_or_else(|| after.at.duration_since(start).as_secs_f64());
     let closed = subs.subs.iter().filter(|s| s.closed).count();
+    let (w_first, w_last) = world.sent.lock().map(|t| *t).unwrap_or((None, None));
+    let lag = |t: Option<Instant>| {
+        t.map(|t| round3(t.saturating_duration_since(start).as_secs_f64() * 1e3))
+    };
     Ok(json!({
         "events": count,
         "rate_per_s": if interval.is_zero() { Value::Null } else { json!(round1(1.0 / interval.as_secs_f64())) },
@@ -706,6 +778,9 @@ fn fanout_phase(
         "p50_ms": acc.hist.ms(0.50),
         "p99_ms": acc.hist.ms(0.99),
         "max_ms": acc.hist.max_ms(),
+        "world_first_sent_ms": lag(w_first),
+        "world_last_sent_ms": lag(w_last),
+        "first_delivered_ms": acc.first_at.map(|t| round3(t.saturating_duration_since(start).as_secs_f64() * 1e3)),
         "all_delivered_ms": acc.all_at.map(|t| round2(t.duration_since(start).as_secs_f64() * 1e3)),
         "relay_cpu_pct": round1(after.cpu_pct_relay(&before, wall)),
         "peak_rss_kib": after.peak_kib,
@@ -725,6 +800,7 @@ struct Phase {
     stray: u64,
     out_of_order: u64,
     all_at: Option<Instant>,
+    first_at: Option<Instant>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -744,19 +820,22 @@ impl SubKind {
     }
 }
 
-/// One subscriber socket after its handshake; read by `Subs` through mio.
+/// One subscriber's state after its handshake (its socket lives in `Subs::mio`: one
+/// descriptor per subscriber, so 10,000 of them fit a 20,000 descriptor limit).
 struct Sub {
-    stream: TcpStream,
     kind: SubKind,
     buf: Vec<u8>,
     ready: bool,
+    /// The relay answered our subscribe with an error (the reason is in `note`).
+    refused: bool,
+    note: String,
     closed: bool,
     got: u64,
     last: u64,
 }
 
 /// Open a subscriber with a blocking handshake; bytes read past the head stay in `buf`.
-fn open_sub(relay: &RelayProc, env: &Env, kind: SubKind) -> Res<Sub> {
+fn open_sub(relay: &RelayProc, env: &Env, kind: SubKind) -> Res<(TcpStream, Sub)> {
     let mut s = TcpStream::connect(relay.addr).map_err(|e| format!("connect: {e}"))?;
     s.set_nodelay(true).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(5)))
@@ -793,15 +872,17 @@ fn open_sub(relay: &RelayProc, env: &Env, kind: SubKind) -> Res<Sub> {
         s.write_all(&client_frame(0x1, &m))
             .map_err(|e| format!("write: {e}"))?;
     }
-    Ok(Sub {
-        stream: s,
+    let sub = Sub {
         kind,
         buf: rest,
         ready: kind == SubKind::Sse,
+        refused: false,
+        note: String::new(),
         closed: false,
         got: 0,
         last: 0,
-    })
+    };
+    Ok((s, sub))
 }
 
 fn ws_upgrade(host: &str, path: &str, key: Option<&str>) -> String {
@@ -901,8 +982,7 @@ impl Subs {
         })
     }
 
-    fn add(&mut self, sub: Sub) -> Res<()> {
-        let std = sub.stream.try_clone().map_err(|e| e.to_string())?;
+    fn add(&mut self, (std, sub): (TcpStream, Sub)) -> Res<()> {
         std.set_nonblocking(true).map_err(|e| e.to_string())?;
         let mut m = mio::net::TcpStream::from_std(std);
         let token = Token(self.subs.len());
@@ -1027,6 +1107,15 @@ impl Subs {
                                 if ok {
                                     sub.ready = true;
                                     self.ready += 1;
+                                } else if !sub.refused
+                                    && find(payload, b"\"type\":\"error\"").is_some()
+                                {
+                                    // e.g. the per-world /ws/api subscription cap.
+                                    sub.refused = true;
+                                    sub.note = String::from_utf8_lossy(payload)
+                                        .chars()
+                                        .take(160)
+                                        .collect();
                                 }
                             }
                             if let Some(seq) = find_seq(payload) {
@@ -1078,6 +1167,7 @@ fn deliver(got: &mut u64, last: &mut u64, seq: u64, now: Instant, phase: Option<
         p.complete += 1;
     }
     p.all_at = Some(now);
+    p.first_at.get_or_insert(now);
 }
 
 /// The number after the first `"bench-` in `bytes`.
@@ -1350,6 +1440,8 @@ enum Cmd {
 /// and pushes chat events on command. It parses only `type` and `requestId`.
 struct World {
     tx: mpsc::Sender<Cmd>,
+    /// When the world actually wrote the first and the last event of the latest stream.
+    sent: Arc<std::sync::Mutex<(Option<Instant>, Option<Instant>)>>,
     handle: Option<JoinHandle<()>>,
     answered: Arc<AtomicU64>,
 }
@@ -1389,9 +1481,12 @@ impl World {
         let answered = Arc::new(AtomicU64::new(0));
         let count = answered.clone();
         let file = env.file_b64.clone();
-        let handle = thread::spawn(move || world_loop(ws, rx, count, file));
+        let sent = Arc::new(std::sync::Mutex::new((None, None)));
+        let times = sent.clone();
+        let handle = thread::spawn(move || world_loop(ws, rx, count, file, times));
         Ok(World {
             tx,
+            sent,
             handle: Some(handle),
             answered,
         })
@@ -1433,9 +1528,18 @@ struct Sched {
     sent: u64,
 }
 
-fn world_loop(mut ws: Ws, rx: mpsc::Receiver<Cmd>, answered: Arc<AtomicU64>, file: Arc<str>) {
-    // Idle: block up to 20 ms per read; while events are due, 200 µs so 1/ms pacing holds.
-    let slow = Some(Duration::from_millis(20));
+type SendTimes = Arc<std::sync::Mutex<(Option<Instant>, Option<Instant>)>>;
+
+fn world_loop(
+    mut ws: Ws,
+    rx: mpsc::Receiver<Cmd>,
+    answered: Arc<AtomicU64>,
+    file: Arc<str>,
+    times: SendTimes,
+) {
+    // Idle: block up to 2 ms per read (a command waits at most that long; these wakeups are
+    // the bench's, not the relay's); while events are due, 200 µs so 1/ms pacing holds.
+    let slow = Some(Duration::from_millis(2));
     let fast = Some(Duration::from_micros(200));
     let _ = ws.get_mut().set_read_timeout(slow);
     let mut sched: Option<Sched> = None;
@@ -1453,6 +1557,9 @@ fn world_loop(mut ws: Ws, rx: mpsc::Receiver<Cmd>, answered: Arc<AtomicU64>, fil
                     interval,
                     start,
                 } => {
+                    if let Ok(mut t) = times.lock() {
+                        *t = (None, None);
+                    }
                     sched = Some(Sched {
                         first,
                         count,
@@ -1467,6 +1574,7 @@ fn world_loop(mut ws: Ws, rx: mpsc::Receiver<Cmd>, answered: Arc<AtomicU64>, fil
         if let Some(sc) = sched.as_mut() {
             let now = Instant::now();
             let mut wrote = false;
+            let was_zero = sc.sent == 0;
             while sc.sent < sc.count && now >= sc.start + sc.interval * (sc.sent as u32) {
                 let ev = format!(
                     r#"{{"type":"chat-event","data":{{"eventType":"create","data":{{"id":"bench-{}","content":"hi"}}}}}}"#,
@@ -1478,8 +1586,17 @@ fn world_loop(mut ws: Ws, rx: mpsc::Receiver<Cmd>, answered: Arc<AtomicU64>, fil
                 sc.sent += 1;
                 wrote = true;
             }
-            if wrote && ws.flush().is_err() {
-                return;
+            if wrote {
+                if ws.flush().is_err() {
+                    return;
+                }
+                let now = Instant::now();
+                if let Ok(mut t) = times.lock() {
+                    if was_zero {
+                        t.0 = Some(now);
+                    }
+                    t.1 = Some(now);
+                }
             }
         }
         if sched.as_ref().is_some_and(|sc| sc.sent >= sc.count) {
@@ -2026,7 +2143,10 @@ fn columns(section: &str) -> &'static [(&'static str, &'static str)] {
             ("p50_ms", "p50 ms"),
             ("p99_ms", "p99 ms"),
             ("max_ms", "max ms"),
+            ("world_first_sent_ms", "world sent ms"),
+            ("first_delivered_ms", "first ms"),
             ("all_delivered_ms", "all by ms"),
+            ("refused", "refused"),
             ("relay_cpu_pct", "relay CPU %"),
             ("peak_rss_kib", "peak RSS KiB"),
             ("loadgen_cpu_pct", "loadgen CPU %"),
@@ -2039,6 +2159,7 @@ fn columns(section: &str) -> &'static [(&'static str, &'static str)] {
             ("bytes_per_conn", "bytes/conn"),
             ("wakeups_per_s", "wakeups/s"),
             ("window_s", "window s"),
+            ("still_open", "still open"),
         ],
     }
 }
@@ -2220,6 +2341,20 @@ fn self_test() {
         status_field("VmHWM:\t  1234 kB\nVmRSS: 9 kB\n", "VmRSS"),
         Some(9)
     );
+
+    use SubKind::{Sse, WsApi, WsEvents};
+    let count = |v: &[SubKind], k: SubKind| v.iter().filter(|x| **x == k).count();
+    let p = plan(&[Sse, WsApi, WsEvents], 1000);
+    assert_eq!(
+        (count(&p, Sse), count(&p, WsApi), count(&p, WsEvents)),
+        (495, 10, 495)
+    );
+    let p = plan(&[WsApi], 1000);
+    assert_eq!(p.len(), 10);
+    let p = plan(&[Sse], 7);
+    assert_eq!(count(&p, Sse), 7);
+    let p = plan(&[WsApi, WsEvents], 3);
+    assert_eq!((count(&p, WsApi), count(&p, WsEvents)), (1, 2));
 
     let mut h = Hist::new();
     for us in [5, 1, 3, 2, 4, 300_000] {
