@@ -71,8 +71,10 @@ impl EchoWorld {
         use tungstenite::Message;
         let path = WorldConfig::new(client_id, token).relay_path();
         let (mut ws, _) = ws_handshake(addr, &path, &[], secs(5)).expect("module upgrade");
-        ws.send(Message::text(json!({"type": "auth", "token": token}).to_string()))
-            .expect("auth");
+        ws.send(Message::text(
+            json!({"type": "auth", "token": token}).to_string(),
+        ))
+        .expect("auth");
         match ws.read() {
             Ok(Message::Text(t)) => assert_eq!(t.as_str(), r#"{"type":"auth-success"}"#),
             other => panic!("no auth-success: {other:?}"),
@@ -128,7 +130,7 @@ impl Drop for EchoWorld {
 
 /// `clients` × `per_client` requests; returns the wall time and every latency.
 fn run(clients: usize, per_client: usize) -> (Duration, Vec<Duration>) {
-    let p = start_provisioned(&["--log-level", "warn"]);
+    let p = start_provisioned(&["--log-level", "warn", "--rate-limit-per-minute", "100000000"]);
     let _world = EchoWorld::online(p.relay.addr(), &p.keys.client_id, &p.keys.token);
     let addr = p.relay.addr();
     let start = Arc::new(Barrier::new(clients + 1));

@@ -1067,7 +1067,6 @@ fn asyncapi_describes_the_websockets() {
 /// The pairing and admin routes that openapi.json lists from docs.rs's static table are
 /// routed by `owner_route` (pairing/admin branches). Enable once those are merged.
 #[test]
-#[ignore = "needs the pairing/admin branch (owner_route)"]
 fn owner_routes_in_openapi_are_served() {
     let p = start_provisioned(&[]);
     let doc = get(p.relay.addr(), "/openapi.json", &[]).json();
