@@ -610,7 +610,14 @@ impl Conn {
                 Endpoint::Module => (cfg.module_outq_hard_bytes, usize::MAX),
                 Endpoint::Events => (cfg.outq_hard_bytes, cfg.events_max_queue_messages),
                 Endpoint::Api => (cfg.outq_hard_bytes, cfg.outq_hard_messages),
-                Endpoint::Echo => (usize::MAX, usize::MAX),
+                // tools/README.md: a 16 MiB message must get back out, so the echo queue
+                // holds a few of them, but it is bounded like every other queue: a client
+                // that never reads is a slow consumer here too (STYLE.md pitfall 5).
+                Endpoint::Echo => (
+                    cfg.outq_hard_bytes
+                        .max(cfg.echo_max_message.saturating_mul(4)),
+                    usize::MAX,
+                ),
             },
             Phase::Sse(_) => (cfg.outq_hard_bytes, cfg.outq_hard_messages),
             // Our own responses: bounded by the body cap, never a slow consumer.
