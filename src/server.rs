@@ -204,6 +204,7 @@ impl Server {
             self.reap();
             if let Some(at) = self.shutdown_at {
                 if self.conns.is_empty() || Instant::now() >= at {
+                    self.fail_in_flight(Instant::now());
                     info!(
                         "shutdown complete ({} connections left open)",
                         self.conns.len()
@@ -252,6 +253,26 @@ impl Server {
             }
             self.mark_dirty(id);
         }
+    }
+
+    /// The grace period is over: every HTTP exchange still waiting for the relay gets a 503
+    /// (issue 3: "finish or fail in-flight HTTP exchanges"; a silent close would look like a
+    /// network fault to the client), written with one best-effort flush before we exit.
+    fn fail_in_flight(&mut self, now: Instant) {
+        let waiting: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.dead && !c.is_closing() && c.http_awaiting())
+            .map(|(_, c)| c.id)
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        info!("failing {} in-flight requests with 503", waiting.len());
+        for id in waiting {
+            self.respond(id, Response::error(503, "Server shutting down"), true, now);
+        }
+        self.flush_dirty();
     }
 
     fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
