@@ -81,6 +81,8 @@ pub struct Server {
     shutdown_at: Option<Instant>,
     date: DateCache,
     local_addr: SocketAddr,
+    /// The one read buffer every connection reads into (conn.rs `read_socket`).
+    scratch: Vec<u8>,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -137,6 +139,7 @@ impl Server {
             shutdown_at: None,
             date: DateCache::new(),
             local_addr,
+            scratch: vec![0; crate::conn::READ_CHUNK],
         })
     }
 
@@ -367,8 +370,14 @@ impl Server {
 
     fn on_readable(&mut self, id: ConnId, now: Instant) {
         let cfg = self.cfg.clone();
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let Some(c) = self.conn_mut(id) else {
+            self.scratch = scratch;
+            return;
+        };
+        let r = c.read_socket(&cfg, &mut scratch);
+        self.scratch = scratch;
         let Some(c) = self.conn_mut(id) else { return };
-        let r = c.read_socket(&cfg);
         if r.error {
             c.dead = true;
             self.mark_dirty(id);
@@ -392,6 +401,7 @@ impl Server {
             }
         }
         if let Some(c) = self.conn_mut(id) {
+            c.release_idle_input();
             if c.read_pending {
                 self.ready.push(id);
             }
