@@ -507,10 +507,32 @@ impl Server {
     }
 
     fn ws_input(&mut self, id: ConnId, now: Instant) {
+        let echo = self.conn_mut(id).and_then(|c| c.endpoint()) == Some(Endpoint::Echo);
+        if !echo {
+            self.ws_input_step(id, now, WS_MESSAGES_PER_TURN);
+            return;
+        }
+        // The echo route answers inside the loop, so it reads one message at a time: each
+        // echo is framed before the link reads a Close behind it. Read in one batch, the
+        // link has already answered that Close when we echo, and tungstenite refuses data
+        // after it (RFC 6455 §5.5.1), so the echo was lost (tests/regressions.rs,
+        // pong_flushed_after_write_blocked). Same budget per turn as every connection.
+        for _ in 0..WS_MESSAGES_PER_TURN {
+            if !self.ws_input_step(id, now, 1) {
+                break;
+            }
+        }
+    }
+
+    /// Parse up to `budget` messages and act on them. True when the budget stopped it and
+    /// the connection is still open (more may be buffered).
+    fn ws_input_step(&mut self, id: ConnId, now: Instant, budget: usize) -> bool {
         let mut events = Vec::new();
-        let Some(c) = self.conn_mut(id) else { return };
+        let Some(c) = self.conn_mut(id) else {
+            return false;
+        };
         let endpoint = c.endpoint();
-        let result = c.ws_read(&mut events, WS_MESSAGES_PER_TURN, now);
+        let result = c.ws_read(&mut events, budget, now);
         let eof = c.eof;
         self.mark_dirty(id);
         for ev in events {
@@ -544,19 +566,25 @@ impl Server {
                 }
             }
         }
-        let Some(c) = self.conn_mut(id) else { return };
-        match result {
+        let Some(c) = self.conn_mut(id) else {
+            return false;
+        };
+        let more = match result {
             Err(close) => {
                 // The link already queued the close frame (1002/1007/1009).
                 info!("{id} {}: websocket protocol error: {close}", c.peer);
                 c.begin_close(now);
+                false
             }
-            Ok(_) if eof => {
+            // EOF: finish what is buffered first (the budget may have stopped us).
+            Ok(false) if eof => {
                 c.dead = true;
+                false
             }
-            Ok(_) => {}
-        }
+            Ok(more) => more,
+        };
         self.check_limits(id, now);
+        more && self.conn_mut(id).is_some_and(|c| !c.is_closing())
     }
 
     // ---------------------------------------------------------------- relay glue
