@@ -182,7 +182,8 @@ fn measure_idle() {
             Ok(s) => events.push(s),
             Err(e) => {
                 println!(
-                    "/ws/events socket {i} refused: {e:?}; measuring {} sockets",
+                    "/ws/events socket {i} refused ({:?}); measuring {} sockets",
+                    e.status(),
                     events.len()
                 );
                 break;
