@@ -33,6 +33,12 @@ use crate::ws::link::{frame_text_into, Link, WsEvent, WsLimits};
 /// started closing, before dropping TCP anyway.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
+/// An empty input buffer keeps at most this much capacity between reads.
+const IDLE_INBUF_CAPACITY: usize = 4 * 1024;
+
+/// The loop's shared read buffer size: the most one `read` call takes.
+pub const READ_CHUNK: usize = 64 * 1024;
+
 /// The phase a connection is in, with the data that only that phase needs.
 pub enum Phase {
     Http(HttpPhase),
@@ -281,7 +287,7 @@ impl Conn {
 
     /// Give back buffer memory that an idle connection no longer needs.
     pub fn trim_buffers(&mut self) {
-        if self.inbuf.is_empty() && self.inbuf.capacity() > 4096 {
+        if self.inbuf.is_empty() && self.inbuf.capacity() > IDLE_INBUF_CAPACITY {
             self.inbuf = Vec::new();
         }
     }
@@ -612,7 +618,14 @@ impl Conn {
                 Endpoint::Module => (cfg.module_outq_hard_bytes, usize::MAX),
                 Endpoint::Events => (cfg.outq_hard_bytes, cfg.events_max_queue_messages),
                 Endpoint::Api => (cfg.outq_hard_bytes, cfg.outq_hard_messages),
-                Endpoint::Echo => (usize::MAX, usize::MAX),
+                // tools/README.md: a 16 MiB message must get back out, so the echo queue
+                // holds a few of them, but it is bounded like every other queue: a client
+                // that never reads is a slow consumer here too (STYLE.md pitfall 5).
+                Endpoint::Echo => (
+                    cfg.outq_hard_bytes
+                        .max(cfg.echo_max_message.saturating_mul(4)),
+                    usize::MAX,
+                ),
             },
             Phase::Sse(_) => (cfg.outq_hard_bytes, cfg.outq_hard_messages),
             // Our own responses: bounded by the body cap, never a slow consumer.

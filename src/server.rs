@@ -156,7 +156,7 @@ impl Server {
             shutdown_at: None,
             date: DateCache::new(),
             local_addr,
-            scratch: vec![0u8; 64 * 1024],
+            scratch: vec![0u8; crate::conn::READ_CHUNK],
         })
     }
 
@@ -224,6 +224,7 @@ impl Server {
             self.reap();
             if let Some(at) = self.shutdown_at {
                 if self.conns.is_empty() || Instant::now() >= at {
+                    self.fail_in_flight(Instant::now());
                     info!(
                         "shutdown complete ({} connections left open)",
                         self.conns.len()
@@ -273,6 +274,26 @@ impl Server {
             }
             self.mark_dirty(id);
         }
+    }
+
+    /// The grace period is over: every HTTP exchange still waiting for the relay gets a 503
+    /// (issue 3: "finish or fail in-flight HTTP exchanges"; a silent close would look like a
+    /// network fault to the client), written with one best-effort flush before we exit.
+    fn fail_in_flight(&mut self, now: Instant) {
+        let waiting: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.dead && !c.is_closing() && c.http_awaiting())
+            .map(|(_, c)| c.id)
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        info!("failing {} in-flight requests with 503", waiting.len());
+        for id in waiting {
+            self.respond(id, Response::error(503, "Server shutting down"), true, now);
+        }
+        self.flush_dirty();
     }
 
     fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
@@ -506,10 +527,32 @@ impl Server {
     }
 
     fn ws_input(&mut self, id: ConnId, now: Instant) {
+        let echo = self.conn_mut(id).and_then(|c| c.endpoint()) == Some(Endpoint::Echo);
+        if !echo {
+            self.ws_input_step(id, now, WS_MESSAGES_PER_TURN);
+            return;
+        }
+        // The echo route answers inside the loop, so it reads one message at a time: each
+        // echo is framed before the link reads a Close behind it. Read in one batch, the
+        // link has already answered that Close when we echo, and tungstenite refuses data
+        // after it (RFC 6455 §5.5.1), so the echo was lost (tests/regressions.rs,
+        // pong_flushed_after_write_blocked). Same budget per turn as every connection.
+        for _ in 0..WS_MESSAGES_PER_TURN {
+            if !self.ws_input_step(id, now, 1) {
+                break;
+            }
+        }
+    }
+
+    /// Parse up to `budget` messages and act on them. True when the budget stopped it and
+    /// the connection is still open (more may be buffered).
+    fn ws_input_step(&mut self, id: ConnId, now: Instant, budget: usize) -> bool {
         let mut events = Vec::new();
-        let Some(c) = self.conn_mut(id) else { return };
+        let Some(c) = self.conn_mut(id) else {
+            return false;
+        };
         let endpoint = c.endpoint();
-        let result = c.ws_read(&mut events, WS_MESSAGES_PER_TURN, now);
+        let result = c.ws_read(&mut events, budget, now);
         let eof = c.eof;
         self.mark_dirty(id);
         for ev in events {
@@ -543,19 +586,25 @@ impl Server {
                 }
             }
         }
-        let Some(c) = self.conn_mut(id) else { return };
-        match result {
+        let Some(c) = self.conn_mut(id) else {
+            return false;
+        };
+        let more = match result {
             Err(close) => {
                 // The link already queued the close frame (1002/1007/1009).
                 info!("{id} {}: websocket protocol error: {close}", c.peer);
                 c.begin_close(now);
+                false
             }
-            Ok(_) if eof => {
+            // EOF: finish what is buffered first (the budget may have stopped us).
+            Ok(false) if eof => {
                 c.dead = true;
+                false
             }
-            Ok(_) => {}
-        }
+            Ok(more) => more,
+        };
         self.check_limits(id, now);
+        more && self.conn_mut(id).is_some_and(|c| !c.is_closing())
     }
 
     // ---------------------------------------------------------------- relay glue

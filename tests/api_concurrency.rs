@@ -130,7 +130,12 @@ impl Drop for EchoWorld {
 
 /// `clients` × `per_client` requests; returns the wall time and every latency.
 fn run(clients: usize, per_client: usize) -> (Duration, Vec<Duration>) {
-    let p = start_provisioned(&["--log-level", "warn", "--rate-limit-per-minute", "100000000"]);
+    let p = start_provisioned(&[
+        "--log-level",
+        "warn",
+        "--rate-limit-per-minute",
+        "100000000",
+    ]);
     let _world = EchoWorld::online(p.relay.addr(), &p.keys.client_id, &p.keys.token);
     let addr = p.relay.addr();
     let start = Arc::new(Barrier::new(clients + 1));
