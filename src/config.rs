@@ -237,7 +237,7 @@ options! {
         keepalive_timeout: Duration = duration("1m"), "time";
         /// Time allowed for a body to finish after its head arrived; then 408 and close.
         request_body_timeout: Duration = duration("1m"), "time";
-        /// Open connections of all kinds; at the cap, accepting pauses until one closes.
+        /// Open connections of all kinds; past the cap a new connection is answered 503 and closed.
         max_connections: usize = count("4096"), "connections";
         /// Open connections from one IP address; more are refused at accept.
         max_connections_per_ip: usize = count("512"), "connections";
