@@ -447,7 +447,31 @@ fn module_disconnect_fails_in_flight_requests_at_once() {
         "failed at once, not after 30 s"
     );
     assert_eq!(r["type"], "world-info-result");
-    assert!(r["error"].as_str().is_some_and(|e| !e.is_empty()), "{r}");
+    assert_eq!(r["error"], "Foundry client is no longer connected", "{r}");
+}
+
+#[test]
+fn forbidden_scripts_are_screened_like_http() {
+    let s = setup(&[]);
+    let world = s.world();
+    let mut c = s.client(&s.full);
+    send(
+        &mut c,
+        json!({"type": "execute-js", "requestId": "bad", "script": "return eval('1')"}),
+    );
+    let r = reply(&mut c, "bad");
+    assert_eq!(r["error"], "Script contains forbidden patterns", "{r}");
+    send(
+        &mut c,
+        json!({"type": "execute-js", "requestId": "ok", "script": "return 1"}),
+    );
+    assert!(reply(&mut c, "ok").get("error").is_none_or(|e| e.is_null()));
+    let sent = world.messages_of("execute-js");
+    assert_eq!(
+        sent.len(),
+        1,
+        "only the clean script reached the world: {sent:?}"
+    );
 }
 
 #[test]

@@ -908,6 +908,11 @@ impl Relay {
             );
             return self.api_send(conn, &e, out);
         }
+        // The HTTP script screen applies here too (the reference forgets it on /ws/api).
+        if let Some(refusal) = super::forward::script_refusal(ws_type, &msg) {
+            let e = result_error(ws_type, &request_id, &world, refusal);
+            return self.api_send(conn, &e, out);
+        }
         let Some(link) = self.worlds.get(&world).map(|l| l.conn) else {
             let e = result_error(ws_type, &request_id, &world, WORLD_GONE);
             return self.api_send(conn, &e, out);

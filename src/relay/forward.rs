@@ -337,24 +337,10 @@ fn validate(route: &Route, params: &mut Map<String, Value>) -> Result<(), ParamE
         };
         params.insert("className".into(), Value::from(class));
     }
+    if let Some(msg) = script_refusal(ws_type, params) {
+        return Err(ParamError::bad_request(msg));
+    }
     match ws_type {
-        "create" if is_macro_create(params) => {
-            let command = params
-                .get("data")
-                .and_then(|d| d.get("command"))
-                .and_then(Value::as_str);
-            if command.is_some_and(script_is_forbidden) {
-                return Err(ParamError::bad_request(FORBIDDEN_SCRIPT));
-            }
-        }
-        "execute-js"
-            if params
-                .get("script")
-                .and_then(Value::as_str)
-                .is_some_and(script_is_forbidden) =>
-        {
-            return Err(ParamError::bad_request(FORBIDDEN_SCRIPT));
-        }
         // The reference's manual handlers always send these (relay-protocol.md §2.6).
         "sheet-screenshot" => {
             default(params, "format", Value::from("png"));
@@ -393,6 +379,23 @@ fn default(params: &mut Map<String, Value>, name: &str, value: Value) {
 
 fn is_macro_create(params: &Map<String, Value>) -> bool {
     params.get("entityType").and_then(Value::as_str) == Some("Macro")
+}
+
+/// The reference's script screen (api-surface.md, "Extra validation"): an `execute-js`
+/// script or a Macro's `data.command` matching a forbidden pattern is refused with 400.
+/// Shared by HTTP (`validate`) and `/ws/api`, which the reference leaves unscreened.
+pub fn script_refusal(ws_type: &str, params: &Map<String, Value>) -> Option<&'static str> {
+    let script = match ws_type {
+        "create" if is_macro_create(params) => params
+            .get("data")
+            .and_then(|d| d.get("command"))
+            .and_then(Value::as_str),
+        "execute-js" => params.get("script").and_then(Value::as_str),
+        _ => None,
+    };
+    script
+        .is_some_and(script_is_forbidden)
+        .then_some(FORBIDDEN_SCRIPT)
 }
 
 fn script_is_forbidden(script: &str) -> bool {

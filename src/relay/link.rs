@@ -366,6 +366,13 @@ impl Relay {
                 client_request_id,
                 ws_type,
             } => {
+                // /ws/api clients know the reference's wording for a world that went away
+                // (relay-protocol.md §1.9); HTTP callers get the 502 text.
+                let message = if status == 502 {
+                    "Foundry client is no longer connected"
+                } else {
+                    message
+                };
                 let reply = json!({
                     "type": format!("{ws_type}-result"),
                     "requestId": client_request_id,
