@@ -653,6 +653,8 @@ pub fn ws_settings(
             WsLimits {
                 max_message: cfg.module_max_message,
                 max_frame: cfg.module_max_frame,
+                // A few links carrying multi-MB base64 files: read big.
+                read_chunk: 64 * 1024,
             },
             Some(cfg.module_ping_interval),
             Some(cfg.module_idle_timeout),
@@ -661,6 +663,7 @@ pub fn ws_settings(
             WsLimits {
                 max_message: cfg.api_max_message,
                 max_frame: cfg.api_max_frame,
+                read_chunk: 4096,
             },
             Some(cfg.api_ping_interval),
             Some(cfg.api_idle_timeout),
@@ -669,6 +672,8 @@ pub fn ws_settings(
             WsLimits {
                 max_message: cfg.events_max_frame,
                 max_frame: cfg.events_max_frame,
+                // Many idle listeners that send almost nothing: keep each one small.
+                read_chunk: 1024,
             },
             Some(cfg.events_ping_interval),
             Some(cfg.events_pong_timeout),
@@ -678,6 +683,7 @@ pub fn ws_settings(
             WsLimits {
                 max_message: cfg.echo_max_message,
                 max_frame: cfg.echo_max_message,
+                read_chunk: 64 * 1024,
             },
             None,
             None,

@@ -10,6 +10,7 @@ pub mod enc;
 pub mod error;
 pub mod http;
 pub mod ids;
+pub mod metrics;
 pub mod outq;
 pub mod ratelimit;
 pub mod relay;

@@ -27,6 +27,7 @@ use crate::error::{Fatal, HttpError, WsClose};
 use crate::http::request::Head;
 use crate::http::response::{self, DateCache, Response, WriteCtx};
 use crate::ids::ConnId;
+use crate::metrics::SlowKind;
 use crate::outq::Flush;
 use crate::relay::io::{Action, Bytes, Endpoint, Input, Timer};
 use crate::relay::Relay;
@@ -44,6 +45,8 @@ const WRITE_BUDGET: usize = 4 * 1024 * 1024;
 const WS_MESSAGES_PER_TURN: usize = 64;
 /// How long accepting pauses after EMFILE/ENFILE before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How long after a failed `state.json` write the loop tries again.
+const SAVE_RETRY: Duration = Duration::from_secs(2);
 
 pub const SERVER_NAME: &str = concat!("fvtt-relay/", env!("CARGO_PKG_VERSION"));
 
@@ -54,6 +57,8 @@ enum LoopTimer {
     Relay(Timer),
     ResumeAccept,
     ShutdownDeadline,
+    /// A failed state save is tried again.
+    RetrySave,
 }
 
 pub struct Server {
@@ -215,9 +220,19 @@ impl Server {
             }
             if self.persist {
                 self.persist = false;
-                if let Err(e) = self.store.save_state(self.relay.state()) {
-                    // Keep serving: the previous state file is intact; the next change retries.
-                    error!("saving {} failed: {e}", self.store.path().display());
+                match self.store.save_state(self.relay.state()) {
+                    Ok(()) => self.relay.metrics_mut().state_saves += 1,
+                    Err(e) => {
+                        // Keep serving: the previous state file is intact. Retry on a timer
+                        // (not every turn: a full disk would turn that into a spin).
+                        error!(
+                            "saving {} failed: {e}; retrying in {SAVE_RETRY:?}",
+                            self.store.path().display()
+                        );
+                        self.relay.metrics_mut().state_save_failures += 1;
+                        self.timers
+                            .arm(Instant::now() + SAVE_RETRY, LoopTimer::RetrySave);
+                    }
                 }
             }
             self.flush_dirty();
@@ -355,6 +370,7 @@ impl Server {
             msg.extend_from_slice(body);
             let _ = sock.write(&msg);
             let _ = sock.shutdown(Shutdown::Both);
+            self.relay.metrics_mut().connections_refused += 1;
             warn!("{peer}: connection refused (limit reached)");
             return;
         }
@@ -378,6 +394,9 @@ impl Server {
         conn.registered = Some(Interest::READABLE);
         entry.insert(conn);
         *self.per_ip.entry(ip).or_insert(0) += 1;
+        let m = self.relay.metrics_mut();
+        m.connections_accepted += 1;
+        m.connections_open += 1;
         debug!("{id} {peer} accepted");
         self.rearm(id);
         // A request may already be waiting (edge-triggered: read now).
@@ -594,6 +613,7 @@ impl Server {
                 // The link already queued the close frame (1002/1007/1009).
                 info!("{id} {}: websocket protocol error: {close}", c.peer);
                 c.begin_close(now);
+                self.relay.metrics_mut().ws_protocol_errors += 1;
                 false
             }
             // EOF: finish what is buffered first (the budget may have stopped us).
@@ -776,6 +796,7 @@ impl Server {
     }
 
     fn respond_error(&mut self, id: ConnId, e: HttpError, now: Instant) {
+        self.relay.metrics_mut().http_framing_errors += 1;
         if let Some(c) = self.conn_mut(id) {
             // The error may come before any request was accepted as in flight.
             if let Phase::Http(_) = c.phase {
@@ -805,6 +826,13 @@ impl Server {
             c.outq.bytes(),
             c.outq.chunks()
         );
+        let kind = match c.endpoint() {
+            _ if c.is_sse() => SlowKind::Sse,
+            Some(Endpoint::Api) => SlowKind::WsApi,
+            Some(Endpoint::Events) => SlowKind::WsEvents,
+            Some(Endpoint::Module) => SlowKind::Module,
+            _ => SlowKind::Other,
+        };
         c.outq.discard_unstarted();
         if c.is_sse() {
             c.outq
@@ -813,6 +841,7 @@ impl Server {
         } else {
             c.close_with(&WsClose::SLOW_CONSUMER, now);
         }
+        self.relay.metrics_mut().slow_consumer(kind);
         self.mark_dirty(id);
         self.rearm(id);
     }
@@ -862,6 +891,7 @@ impl Server {
                 self.accept_all(now);
             }
             LoopTimer::ShutdownDeadline => {}
+            LoopTimer::RetrySave => self.persist = true,
         }
     }
 
@@ -957,6 +987,8 @@ impl Server {
                     continue;
                 }
                 let mut c = self.conns.remove(id.key);
+                let m = self.relay.metrics_mut();
+                m.connections_open = m.connections_open.saturating_sub(1);
                 let _ = self.poll.registry().deregister(&mut c.sock);
                 let ip = c.peer.ip();
                 if let Some(n) = self.per_ip.get_mut(&ip) {

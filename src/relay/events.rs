@@ -126,6 +126,8 @@ impl Relay {
         out: &mut Vec<Action>,
     ) {
         let ds = self.hub.publish(world, kind, data, self.clock.ms(now));
+        self.metrics.events_published += 1;
+        self.metrics.event_deliveries += ds.iter().map(|d| d.conns.len() as u64).sum::<u64>();
         self.push_deliveries(world, ds, out);
     }
 

@@ -172,6 +172,7 @@ impl Relay {
             }
         }
         let now_ms = self.clock.ms(now);
+        self.metrics.world_connects += 1;
         self.roles.insert(conn, Role::Module);
         // Which token this link used, so revoking it closes this link (relay/pairing.rs).
         self.note_link_token(conn, token_idx, now, out);
@@ -260,6 +261,7 @@ impl Relay {
         // Replies first, matched by requestId alone (module-protocol.md §6 item 6).
         if let Some(rid) = &request_id {
             if let Some(w) = self.pending.take_reply(rid, conn) {
+                self.metrics.forwarded_replies += 1;
                 self.deliver_reply(w, text, now, out);
                 return;
             }
@@ -343,6 +345,7 @@ impl Relay {
             self.state.upsert_world(w);
         }
         for (_, waiter) in self.pending.take_link(conn) {
+            self.metrics.requests_failed_by_disconnect += 1;
             self.fail_waiter(waiter, 502, "Foundry client disconnected", out);
         }
         self.after_module_closed(&live, now, out);
@@ -406,8 +409,9 @@ impl Relay {
         self.publish_event(&world, kind, data, now, out);
     }
 
-    /// Send a pre-serialized message to a world's link.
-    pub(crate) fn send_to_world(&self, link: ConnId, msg: Vec<u8>, out: &mut Vec<Action>) {
+    /// Send a forwarded request (pre-serialized) to a world's link.
+    pub(crate) fn send_to_world(&mut self, link: ConnId, msg: Vec<u8>, out: &mut Vec<Action>) {
+        self.metrics.forwarded_requests += 1;
         out.push(Action::Text {
             conn: link,
             payload: Bytes::Owned(msg),

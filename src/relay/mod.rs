@@ -34,6 +34,7 @@ use crate::config::Config;
 use crate::error::WsClose;
 use crate::http::route::RouteTable;
 use crate::ids::{ConnId, RequestIds};
+use crate::metrics::{Gauges, Metrics};
 use crate::store::State;
 
 use hub::Hub;
@@ -82,6 +83,8 @@ pub struct Relay {
     pub(crate) api: HashMap<ConnId, api_ws::ApiSocket>,
     #[allow(dead_code)]
     pub(crate) hub: Hub,
+    /// Counters for `/metrics` (metrics.rs).
+    pub(crate) metrics: Metrics,
     pub(crate) clock: Clock,
     pub(crate) started: Instant,
     /// Rate limiters (relay/limits.rs).
@@ -108,6 +111,7 @@ impl Relay {
             pending: Pending::new(),
             req_ids: RequestIds::new(),
             roles: HashMap::new(),
+            metrics: Metrics::default(),
             api: HashMap::new(),
             subs: HashMap::new(),
             clock,
@@ -126,11 +130,44 @@ impl Relay {
 
     pub fn handle(&mut self, input: Input<'_>, now: Instant, out: &mut Vec<Action>) {
         let first = out.len();
+        if matches!(input, Input::Request { .. } | Input::Upgrade { .. }) {
+            self.metrics.http_requests += 1;
+        }
         self.dispatch(input, now, out);
         // X-RateLimit-* on the API responses of this turn (relay/limits.rs).
         if let Some(new) = out.get_mut(first..) {
             self.stamp_rate_headers(new);
+            for a in new.iter() {
+                if let Action::Respond { resp, .. } = a {
+                    self.metrics.response(resp.status);
+                    match resp.status {
+                        401 => self.metrics.auth_failures += 1,
+                        429 => self.metrics.rate_limited += 1,
+                        _ => {}
+                    }
+                }
+            }
         }
+    }
+
+    /// Counters the loop bumps for connection-level outcomes (slow consumers, refusals).
+    pub fn metrics_mut(&mut self) -> &mut Metrics {
+        &mut self.metrics
+    }
+
+    /// The `/metrics` page: counters plus gauges read off the current state.
+    pub(crate) fn metrics_text(&self, now: Instant) -> String {
+        let count =
+            |t: hub::Transport| self.subs.values().filter(|s| s.transport == t).count() as u64;
+        self.metrics.render(&Gauges {
+            worlds_connected: self.worlds.len() as u64,
+            worlds_known: self.state.worlds.len() as u64,
+            pending_requests: self.pending.len() as u64,
+            sse_streams: count(hub::Transport::Sse),
+            ws_api_sockets: self.api.len() as u64,
+            ws_events_sockets: count(hub::Transport::WsEvents),
+            uptime_seconds: self.uptime(now).as_secs(),
+        })
     }
 
     fn dispatch(&mut self, input: Input<'_>, now: Instant, out: &mut Vec<Action>) {

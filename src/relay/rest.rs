@@ -103,6 +103,9 @@ impl Relay {
             (Method::Get | Method::Head, "/api/health") => {
                 return self.respond(conn, 200, self.health_json(now), out)
             }
+            (Method::Get | Method::Head, "/metrics") => {
+                return self.metrics_route(conn, head, now, out);
+            }
             (Method::Get | Method::Head, "/openapi.json") => {
                 let doc = super::docs::openapi(&self.routes, &self.docs_server_url(peer, head));
                 return self.respond(conn, 200, doc, out);
@@ -449,6 +452,7 @@ impl Relay {
         let Some((id, w)) = self.pending.take_expired(serial, now) else {
             return;
         };
+        self.metrics.request_timeouts += 1;
         debug!("{id}: timed out");
         let msg = match &w.caller {
             Caller::Http { route, .. }
@@ -559,6 +563,26 @@ impl Relay {
             return;
         }
         self.respond(conn, 200, json!({"active": live}), out);
+    }
+
+    /// `GET /metrics`: Prometheus text for the owner (admin key in `x-api-key` or
+    /// `Authorization: Bearer`, which Prometheus' `authorization` setting sends). Scoped keys
+    /// get 403: the figures describe every world and every key's traffic.
+    fn metrics_route(&mut self, conn: ConnId, head: &Head, now: Instant, out: &mut Vec<Action>) {
+        let resp = match self
+            .state
+            .authenticate(presented_key(head).as_deref(), self.clock.ms(now))
+        {
+            Err(e) => Response::error(401, e.message()),
+            Ok(Principal::Admin) => Response::text(
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.metrics_text(now),
+            )
+            .header("Cache-Control", "no-store"),
+            Ok(Principal::Key(_)) => Response::error(403, "The admin key is required for /metrics"),
+        };
+        out.push(Action::Respond { conn, resp });
     }
 
     fn status_json(&self, now: Instant) -> Value {

@@ -28,9 +28,12 @@ use tungstenite::{Bytes, Message, Utf8Bytes};
 
 use crate::error::WsClose;
 
-/// tungstenite's read chunk (`read_buffer_size`): allocated once per connection and the most it
-/// pulls from our input per read call. Its default of 128 KiB per connection is too much for a
-/// small board; bigger frames grow the buffer only while they are being read.
+/// tungstenite's read chunk (`read_buffer_size`) for tests: allocated once per connection and
+/// the most it pulls from our input per read call. Its default of 128 KiB per connection is too
+/// much for a small board; bigger frames grow the buffer only while they are being read. Each
+/// endpoint picks its own (`WsLimits::read_chunk`): small for many idle subscribers, large for
+/// the few world links that carry multi-MB messages.
+#[cfg(test)]
 const READ_CHUNK: usize = 4096;
 
 /// RFC 6455 §5.5: a control frame payload is at most 125 bytes; a close reason is that minus
@@ -50,6 +53,9 @@ pub struct WsLimits {
     /// Largest single frame payload in bytes; checked from the header, before the payload is
     /// buffered. Beyond it the link fails with 1009.
     pub max_frame: usize,
+    /// tungstenite's read chunk: its per-connection buffer and the most one internal read
+    /// takes. Memory per idle connection against read calls per large message.
+    pub read_chunk: usize,
 }
 
 /// What one `Link::read` call found, in order.
@@ -182,7 +188,7 @@ pub struct Link {
 impl Link {
     pub fn new(limits: WsLimits) -> Self {
         let config = WebSocketConfig::default()
-            .read_buffer_size(READ_CHUNK)
+            .read_buffer_size(limits.read_chunk.max(256))
             // Frames go straight to our writer (see the module note). The write buffer limit
             // stays at its default (unbounded): with size 0 and a writer that always accepts,
             // tungstenite's own buffer is empty after every frame.
@@ -426,6 +432,7 @@ mod tests {
     const LIMITS: WsLimits = WsLimits {
         max_message: 1 << 20,
         max_frame: 1 << 20,
+        read_chunk: READ_CHUNK,
     };
     const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
@@ -582,6 +589,7 @@ mod tests {
         let small = WsLimits {
             max_message: 10,
             max_frame: 8,
+            read_chunk: READ_CHUNK,
         };
         let big_ping = vec![b'p'; 126];
         // A frame header announcing more than max_frame: the payload never needs to arrive.
