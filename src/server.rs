@@ -88,6 +88,8 @@ pub struct Server {
     local_addr: SocketAddr,
     /// One read buffer for every connection (see `Conn::read_socket`).
     scratch: Vec<u8>,
+    /// The origin of the timer grain (see `coarse`).
+    epoch: Instant,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -104,6 +106,20 @@ fn resource_exhausted(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(24) /* EMFILE */ | Some(23) /* ENFILE */ | Some(105) /* ENOBUFS */ | Some(12) /* ENOMEM */
     )
+}
+
+/// Connection deadlines (heartbeats, idle and head timeouts, lingers) are rounded up to this
+/// grain, so thousands of idle subscribers whose pings fall due at scattered instants wake
+/// the loop a few times a second in batches instead of once per connection. Relay timers
+/// (request timeouts, auth deadlines) are not rounded.
+const TIMER_GRAIN: Duration = Duration::from_millis(250);
+
+/// `at` rounded up to the next multiple of `TIMER_GRAIN` after `epoch`.
+fn coarse(epoch: Instant, at: Instant) -> Instant {
+    let since = at.saturating_duration_since(epoch).as_nanos();
+    let grain = TIMER_GRAIN.as_nanos();
+    let rounded = since.div_ceil(grain) * grain;
+    epoch + Duration::from_nanos(rounded.min(u64::MAX as u128) as u64)
 }
 
 /// The client's address for rate limits, allow-lists and logs: the TCP peer, or, behind a
@@ -162,6 +178,7 @@ impl Server {
             date: DateCache::new(),
             local_addr,
             scratch: vec![0u8; crate::conn::READ_CHUNK],
+            epoch: Instant::now(),
         })
     }
 
@@ -851,8 +868,10 @@ impl Server {
     /// Make sure the heap holds an entry no later than the connection's next deadline.
     fn rearm(&mut self, id: ConnId) {
         let cfg = self.cfg.clone();
+        let epoch = self.epoch;
         let Some(c) = self.conn_mut(id) else { return };
         let Some(d) = c.deadline(&cfg) else { return };
+        let d = coarse(epoch, d);
         if c.armed.is_some_and(|a| a <= d) {
             return; // an earlier entry fires first and re-arms then
         }
@@ -1026,6 +1045,17 @@ mod tests {
             Ok(Some((h, _))) => h,
             other => panic!("test head did not parse: {other:?}"),
         }
+    }
+
+    #[test]
+    fn deadlines_round_up_to_the_grain() {
+        let e = Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(coarse(e, e), e);
+        assert_eq!(coarse(e, e + ms(1)), e + ms(250));
+        assert_eq!(coarse(e, e + ms(250)), e + ms(250));
+        assert_eq!(coarse(e, e + ms(251)), e + ms(500));
+        assert_eq!(coarse(e, e + Duration::from_secs(54) + ms(3)), e + ms(54_250));
     }
 
     #[test]
