@@ -12,8 +12,9 @@
 //! its own CPU so a saturated generator is visible in the figures.
 //!
 //! Output: a table on stdout, `target/bench/report.json` and `target/bench/report.md`.
-//! `BENCH_QUICK=1` shortens every run (under a minute). With `URL`, `KEY` and `CLIENT_ID` in
-//! the environment the bench runs only the forwarding load, alternating between our relay and
+//! `BENCH_QUICK=1` shortens every run (under a minute). `BENCH_ONLY=forwarding,download,
+//! fanout,idle` runs a subset; `BENCH_FANOUT_SUBS=2000` sets the fan-out subscriber counts.
+//! With `URL`, `KEY` and `CLIENT_ID` in the environment the bench runs only the forwarding load, alternating between our relay and
 //! that external one (loopback only), and prints both rows.
 //!
 //! `cargo test --all-targets` also runs this binary, without `--bench`: it then returns at once.
@@ -112,6 +113,17 @@ impl Settings {
         let mut fanout_subs = vec![cap(1000)];
         if !quick {
             fanout_subs.push(cap(10_000));
+        }
+        // BENCH_FANOUT_SUBS=2000,5000 (say) replaces the subscriber counts.
+        if let Ok(list) = std::env::var("BENCH_FANOUT_SUBS") {
+            let custom: Vec<usize> = list
+                .split(',')
+                .filter_map(|n| n.trim().parse().ok())
+                .map(cap)
+                .collect();
+            if !custom.is_empty() {
+                fanout_subs = custom;
+            }
         }
         fanout_subs.dedup();
         let mut idle_counts = vec![0, cap(1000), cap(10_000)];

@@ -1055,7 +1055,10 @@ mod tests {
         assert_eq!(coarse(e, e + ms(1)), e + ms(250));
         assert_eq!(coarse(e, e + ms(250)), e + ms(250));
         assert_eq!(coarse(e, e + ms(251)), e + ms(500));
-        assert_eq!(coarse(e, e + Duration::from_secs(54) + ms(3)), e + ms(54_250));
+        assert_eq!(
+            coarse(e, e + Duration::from_secs(54) + ms(3)),
+            e + ms(54_250)
+        );
     }
 
     #[test]
