@@ -14,8 +14,9 @@
 //! Output: a table on stdout, `target/bench/report.json` and `target/bench/report.md`.
 //! `BENCH_QUICK=1` shortens every run (under a minute). `BENCH_ONLY=forwarding,download,
 //! fanout,idle` runs a subset; `BENCH_FANOUT_SUBS=2000` sets the fan-out subscriber counts.
-//! With `URL`, `KEY` and `CLIENT_ID` in the environment the bench runs only the forwarding load, alternating between our relay and
-//! that external one (loopback only), and prints both rows.
+//! With `URL`, `KEY` and `CLIENT_ID` in the environment the bench runs only the forwarding
+//! load, alternating between our relay and that external one (loopback only), and prints both
+//! rows.
 //!
 //! `cargo test --all-targets` also runs this binary, without `--bench`: it then returns at once.
 
