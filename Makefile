@@ -15,14 +15,24 @@ CARGO    ?= cargo
 LISTEN   ?= 127.0.0.1:3010
 DATA_DIR ?= ./data
 
-.PHONY: run test unit conformance lint fmt docs bench bench-quick bench-compare clean tools
+.PHONY: run test test-deps unit conformance lint fmt docs bench bench-quick bench-compare clean tools
 
 run:
 	$(CARGO) build --release
 	target/release/fvtt-relay --listen $(LISTEN) --data-dir $(DATA_DIR)
 
-test: lint unit
+test: lint test-deps unit
 	scripts/conformance.sh --quick
+
+# The admin page's browser test needs Chromium (Debian's package). Installed here when we can
+# (root, apt); otherwise tests/admin_browser.rs tries itself and, failing that, says SKIPPED.
+test-deps:
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium for the admin page test"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 || \
+		{ apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; } || \
+		echo "chromium could not be installed; the admin browser test will say SKIPPED"; \
+	fi
 
 # cargo-nextest when installed (parallel, one process per test), else cargo test.
 # nextest gets --lib --bins --tests: a harness = false bench has no test list to offer it.
