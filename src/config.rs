@@ -244,9 +244,12 @@ options! {
         /// Bytes read from one connection per loop turn, so one flooding peer cannot
         /// starve the others.
         read_budget_bytes: usize = size("256K"), "bytes";
-        /// Requests buffered behind the one in flight on a keep-alive connection; past
-        /// this the connection stops reading.
-        max_pipelined: usize = count("32"), "requests";
+        /// Bytes of pipelined requests buffered behind the one in flight on a keep-alive
+        /// connection; past this the connection stops reading until the answer leaves.
+        pipeline_buffer_bytes: usize = size("32K"), "bytes";
+        /// How long a closing connection waits for the peer's EOF (or close frame) after
+        /// our last bytes, before the socket is dropped anyway.
+        close_linger: Duration = duration("2s"), "time";
     }
     section "WebSocket" {
         /// Largest message on the world link (/relay); world replies carry whole files.
@@ -289,6 +292,8 @@ options! {
         outq_hard_bytes: usize = size("8M"), "bytes";
         /// Messages queued for one client above which it is closed at once.
         outq_hard_messages: usize = count("4096"), "messages";
+        /// Bytes written to one connection per loop turn before the others get their turn.
+        write_budget_bytes: usize = size("4M"), "bytes";
         /// A client over the soft limit for this long is closed.
         slow_consumer_grace: Duration = duration("10s"), "time";
         /// Hard byte limit for the queue towards a world link, which carries multi-MB
@@ -940,7 +945,8 @@ mod tests {
             max_connections: 4096,
             max_connections_per_ip: 512,
             read_budget_bytes: 256 * K,
-            max_pipelined: 32,
+            pipeline_buffer_bytes: 32 * K,
+            close_linger: secs(2),
             module_max_message: 64 * M,
             module_max_frame: 64 * M,
             module_ping_interval: secs(20),
@@ -958,6 +964,7 @@ mod tests {
             outq_soft_bytes: M,
             outq_hard_bytes: 8 * M,
             outq_hard_messages: 4096,
+            write_budget_bytes: 4 * M,
             slow_consumer_grace: secs(10),
             module_outq_hard_bytes: 256 * M,
             request_timeout_default: secs(10),

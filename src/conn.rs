@@ -29,10 +29,6 @@ use crate::outq::{Flush, OutQueue};
 use crate::relay::io::Endpoint;
 use crate::ws::link::{frame_text_into, Link, WsEvent, WsLimits};
 
-/// How long we wait for the peer's close frame (or for our last bytes to drain) after we
-/// started closing, before dropping TCP anyway.
-pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
-
 /// An empty input buffer keeps at most this much capacity between reads.
 const IDLE_INBUF_CAPACITY: usize = 4 * 1024;
 
@@ -223,7 +219,7 @@ impl Conn {
     /// How many bytes the input buffer may hold in the current phase before we stop reading.
     fn read_cap(&self, cfg: &Config) -> usize {
         match &self.phase {
-            Phase::Http(h) if h.awaiting => cfg.max_head_bytes.max(4096) * 2,
+            Phase::Http(h) if h.awaiting => cfg.pipeline_buffer_bytes,
             Phase::Http(_) => cfg.max_head_bytes + cfg.read_budget_bytes,
             // tungstenite keeps partial frames in its own buffer; ours only stages reads.
             Phase::Ws(_) => cfg.read_budget_bytes + 64 * 1024,
@@ -525,7 +521,7 @@ impl Conn {
             })
         };
         if let Some(s) = self.closing_since {
-            at(s + CLOSE_LINGER);
+            at(s + cfg.close_linger);
             return d;
         }
         if let Some(s) = self.outq.soft_since {
@@ -558,7 +554,7 @@ impl Conn {
     /// anything that ends the connection is returned for the loop to carry out.
     pub fn on_deadline(&mut self, now: Instant, cfg: &Config) -> Due {
         if let Some(s) = self.closing_since {
-            return if now >= s + CLOSE_LINGER {
+            return if now >= s + cfg.close_linger {
                 Due::Drop("close linger over")
             } else {
                 Due::Nothing

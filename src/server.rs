@@ -39,8 +39,6 @@ const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
 const FIRST_CONN: usize = 2;
 
-/// Bytes written to one connection per turn before others get their go.
-const WRITE_BUDGET: usize = 4 * 1024 * 1024;
 /// WebSocket messages parsed from one connection per turn.
 const WS_MESSAGES_PER_TURN: usize = 64;
 /// How long accepting pauses after EMFILE/ENFILE before trying again.
@@ -931,7 +929,7 @@ impl Server {
                 self.doomed.push(id);
                 continue;
             }
-            match c.flush(WRITE_BUDGET) {
+            match c.flush(self.cfg.write_budget_bytes) {
                 Err(e) => {
                     debug!("{id} {}: write error: {e}", c.peer);
                     c.dead = true;
