@@ -173,7 +173,7 @@ fn measure_idle() {
 
     // /ws/events sockets carry the relay's heartbeat (a ping every --events-ping-interval,
     // 54 s by default) and stay open while authenticated and answering.
-    let world = FakeWorld::online(p.relay.addr(), &p.keys.client_id, &p.keys.token);
+    let world = p.world();
     let path = format!("/ws/events?clientId={}", p.keys.client_id);
     let key = p.keys.api_key.clone();
     let mut events = Vec::new();
