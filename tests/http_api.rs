@@ -475,13 +475,9 @@ fn sse_routes_answer_and_session_routes_are_501() {
 
 #[test]
 fn clients_lists_live_and_known_offline_worlds() {
-    let dir = TempDir::new("data");
-    let keys = provision(dir.path());
     // A second paired world that never connects.
-    let (other_id, _other_token) = {
-        let mut store = open_store(dir.path());
+    let (p, (other_id, _other_token)) = start_provisioned_edited(&[], |st, _| {
         let id = fvtt_relay::ids::new_client_id();
-        let st = store.state_mut();
         let (_, tok) = st.create_connection_token(&id, 1);
         st.upsert_world(fvtt_relay::store::KnownWorld {
             client_id: id.clone(),
@@ -490,10 +486,9 @@ fn clients_lists_live_and_known_offline_worlds() {
             last_seen_ms: Some(1234),
             ..Default::default()
         });
-        store.save().expect("save");
         (id, tok)
-    };
-    let relay = Relay::start_in(dir.path(), &[]);
+    });
+    let (relay, keys) = (&p.relay, &p.keys);
     let mut cfg = WorldConfig::new(&keys.client_id, &keys.token);
     cfg.custom_name = Some("GM Laptop".into());
     let world = FakeWorld::start(relay.addr(), cfg);
@@ -587,23 +582,6 @@ fn contents_status_health_and_preflight() {
 
 // ------------------------------------------------------------------------- error cases
 
-/// A relay with a world whose data dir can hold extra keys made before the start.
-fn start_with_keys(
-    args: &[&str],
-    make: impl FnOnce(&mut fvtt_relay::store::State, &Provisioned) -> Vec<String>,
-) -> (ProvisionedRelay, Vec<String>) {
-    let dir = TempDir::new("data");
-    let keys = provision(dir.path());
-    let extra = {
-        let mut store = open_store(dir.path());
-        let extra = make(store.state_mut(), &keys);
-        store.save().expect("save");
-        extra
-    };
-    let relay = Relay::start_in(dir.path(), args);
-    (ProvisionedRelay { relay, keys, dir }, extra)
-}
-
 fn new_key(
     st: &mut fvtt_relay::store::State,
     scopes: &[&str],
@@ -627,7 +605,7 @@ fn new_key(
 
 #[test]
 fn missing_invalid_and_expired_keys_are_401() {
-    let (p, extra) = start_with_keys(&[], |st, _| {
+    let (p, extra) = start_provisioned_edited(&[], |st, _| {
         let k = new_key(st, &["search"], &[], None);
         // expires_in_days is at least 1, so expire it by hand (then rebuild the index).
         if let Some(last) = st.api_keys.last_mut() {
@@ -658,7 +636,7 @@ fn missing_invalid_and_expired_keys_are_401() {
 
 #[test]
 fn a_key_without_the_route_scope_is_403() {
-    let (p, extra) = start_with_keys(&[], |st, _| {
+    let (p, extra) = start_provisioned_edited(&[], |st, _| {
         let defaults: Vec<&str> = fvtt_relay::auth::DEFAULT_SCOPES.to_vec();
         vec![new_key(st, &defaults, &[], None)]
     });
@@ -730,7 +708,7 @@ fn parameter_errors_are_400_with_the_reference_messages() {
 
 #[test]
 fn client_resolution_rules() {
-    let (p, extra) = start_with_keys(&[], |st, keys| {
+    let (p, extra) = start_provisioned_edited(&[], |st, keys| {
         let id2 = "fvtt_00000000000000b2".to_string();
         let (_, tok2) = st.create_connection_token(&id2, 1);
         let bound = new_key(st, &["search"], &[&keys.client_id], Some("boundUser"));
@@ -929,7 +907,8 @@ fn a_late_reply_after_the_caller_left_is_dropped() {
 
 #[test]
 fn macro_create_needs_macro_write() {
-    let (p, extra) = start_with_keys(&[], |st, _| vec![new_key(st, &["entity:write"], &[], None)]);
+    let (p, extra) =
+        start_provisioned_edited(&[], |st, _| vec![new_key(st, &["entity:write"], &[], None)]);
     let world = p.world();
     let body = json!({"entityType": "Macro", "data": {"name": "m", "command": "return 1;"}});
     let r = post_json(
@@ -1097,17 +1076,4 @@ fn owner_routes_in_openapi_are_served() {
         }
     }
     assert!(checked >= 20, "{checked}");
-}
-
-/// Open the data dir's store. Another test spawning a relay can hold a copy of the lock's
-/// file description between its fork and exec, so a moment's retry is expected.
-fn open_store(dir: &std::path::Path) -> fvtt_relay::store::Store {
-    let deadline = std::time::Instant::now() + secs(5);
-    loop {
-        match fvtt_relay::store::Store::open(dir) {
-            Ok(s) => return s,
-            Err(e) if std::time::Instant::now() >= deadline => panic!("store: {e:?}"),
-            Err(_) => std::thread::sleep(millis(20)),
-        }
-    }
 }

@@ -6,7 +6,6 @@
 mod support;
 use support::*;
 
-use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::thread;
@@ -19,24 +18,6 @@ const T: Duration = DEFAULT_TIMEOUT;
 fn get_root(c: &mut HttpConn) -> RawResponse {
     c.roundtrip(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", T)
         .unwrap_or_else(|e| panic!("GET /: {e}"))
-}
-
-/// utime + stime of a process in clock ticks (/proc/<pid>/stat fields 14 and 15).
-fn cpu_ticks(pid: u32) -> u64 {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    get(11) + get(12)
-}
-
-/// A field of /proc/<pid>/status (`VmRSS` in kB, `voluntary_ctxt_switches`).
-fn status_field(pid: u32, name: &str) -> u64 {
-    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
 }
 
 /// Clock ticks per second (USER_HZ): 100 on Linux for every architecture we run on.

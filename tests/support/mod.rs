@@ -7,6 +7,7 @@
 //! | `TempDir::new(prefix)` | server.rs | unique dir under `temp_dir()`, removed on drop |
 //! | `provision(dir) -> Provisioned`, `start_provisioned(args) -> ProvisionedRelay` | provision.rs | admin key, full-scope API key, clientId + token, via `fvtt_relay::store`; the relay started with `start_in_when_free` |
 //! | `provision_with(dir, extra)`, `start_provisioned_with(args, extra)` | provision.rs | the same plus one scoped key per `(scopes, clientIds)` in `extra` (`Provisioned::extra_keys`) |
+//! | `start_provisioned_edited(args, edit) -> (ProvisionedRelay, T)`, `open_store_when_free(dir)` | provision.rs | `edit(&mut State, &Provisioned) -> T` runs on the saved store before the start (extra worlds, odd keys) |
 //! | `ProvisionedRelay` | provision.rs | `relay`, `keys`, `dir`; `.key()` (full-scope key), `.world()` (the world, online) |
 //! | `http_request(addr, raw)`, `try_http_request`, `dribble(addr, raw)` | http.rs | one raw request on a fresh connection; dribble sends one byte per write |
 //! | `get`, `post_json`, `send_json`, `request`, `build_request` | http.rs | convenience requests (`Connection: close`) |
@@ -20,6 +21,7 @@
 //! | `Knobs` / `set_delay`, `set_silent`, `set_error`, `set_reply`, `set_download_size`, `disconnect_on` | world.rs | per-type behaviour, changeable at run time |
 //! | `emit_event(ty, data)`, `wait_subscription`, `wait_request`, `wait_message`, `last_close`, `closes`, `token_cleared` | world.rs | drive and observe the world |
 //! | `module_reply`, `error_reply`, `ROUTER_TYPES`, `DND5E_TYPES`, `pattern_bytes`, `TINY_PNG`, event payload builders | replies.rs | reply shapes of module v3.4.1 |
+//! | `cpu_ticks(pid)`, `status_field(pid, name)` | procfs.rs | /proc CPU ticks and status fields (`VmRSS`, `voluntary_ctxt_switches`) |
 //! | `base64_encode/decode`, `data_url`, `decode_data_url`, `form_encode`, `form_query`, `percent_encode`, `ws_accept_key`, `client_frame` | enc.rs | client-side encodings; `client_frame` is a raw masked WS frame |
 //!
 //! Every blocking read has a deadline; waits are deadline loops or condition variables.
@@ -30,6 +32,7 @@
 
 pub mod enc;
 pub mod http;
+pub mod procfs;
 pub mod provision;
 pub mod replies;
 pub mod server;
@@ -39,6 +42,7 @@ pub mod ws;
 
 pub use enc::*;
 pub use http::*;
+pub use procfs::*;
 pub use provision::*;
 pub use replies::*;
 pub use server::*;

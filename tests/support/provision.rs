@@ -109,6 +109,39 @@ pub fn start_provisioned(args: &[&str]) -> ProvisionedRelay {
     start_provisioned_with(args, &[])
 }
 
+/// `start_provisioned`, with `edit` run on the provisioned state (saved) before the relay
+/// starts: for records `provision_with` does not make. Returns what `edit` returns.
+pub fn start_provisioned_edited<T>(
+    args: &[&str],
+    edit: impl FnOnce(&mut fvtt_relay::store::State, &Provisioned) -> T,
+) -> (ProvisionedRelay, T) {
+    let dir = TempDir::new("data");
+    let keys = provision(dir.path());
+    let made = {
+        let mut store = open_store_when_free(dir.path());
+        let made = edit(store.state_mut(), &keys);
+        if let Err(e) = store.save() {
+            panic!("cannot save the store in {}: {e:?}", dir.path().display());
+        }
+        made
+    };
+    let relay = Relay::start_in_when_free(dir.path(), args);
+    (ProvisionedRelay { relay, keys, dir }, made)
+}
+
+/// `Store::open`, retried for up to 5 s while the lock is held (a relay spawned by a
+/// parallel test can hold it between its fork and exec; see `Relay::start_in_when_free`).
+pub fn open_store_when_free(dir: &Path) -> fvtt_relay::store::Store {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match fvtt_relay::store::Store::open(dir) {
+            Ok(s) => return s,
+            Err(e) if std::time::Instant::now() >= deadline => panic!("store: {e:?}"),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
+}
+
 /// `start_provisioned` with extra API keys (see `provision_with`).
 pub fn start_provisioned_with(args: &[&str], extra: &ExtraKeys) -> ProvisionedRelay {
     let dir = TempDir::new("data");
