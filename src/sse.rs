@@ -20,12 +20,7 @@ pub fn event(id: Option<&str>, name: Option<&str>, data: &str) -> Vec<u8> {
     if let Some(name) = name {
         field(&mut out, "event", name, |c| c == '\r' || c == '\n');
     }
-    for line in lines(data) {
-        out.extend_from_slice(b"data: ");
-        out.extend_from_slice(line.as_bytes());
-        out.push(b'\n');
-    }
-    out.push(b'\n');
+    block_lines(&mut out, b"data: ", data);
     out
 }
 
@@ -33,12 +28,7 @@ pub fn event(id: Option<&str>, name: Option<&str>, data: &str) -> Vec<u8> {
 /// client see traffic on an idle stream. A multi-line text becomes several comment lines.
 pub fn comment(text: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(text.len() + 4);
-    for line in lines(text) {
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(line.as_bytes());
-        out.push(b'\n');
-    }
-    out.push(b'\n');
+    block_lines(&mut out, b": ", text);
     out
 }
 
@@ -54,6 +44,16 @@ fn field(out: &mut Vec<u8>, name: &str, value: &str, drop: impl Fn(char) -> bool
     let mut buf = [0u8; 4];
     for c in value.chars().filter(|c| !drop(*c)) {
         out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+    }
+    out.push(b'\n');
+}
+
+/// One `prefix` line per line of `text`, then the blank line that ends the block.
+fn block_lines(out: &mut Vec<u8>, prefix: &[u8], text: &str) {
+    for line in lines(text) {
+        out.extend_from_slice(prefix);
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
     }
     out.push(b'\n');
 }

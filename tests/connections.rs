@@ -104,25 +104,6 @@ fn thousand_concurrent_websockets_all_served() {
     }
 }
 
-/// A field of /proc/<pid>/status, e.g. `VmRSS` (kB) or `voluntary_ctxt_switches`.
-fn status_field(pid: u32, name: &str) -> u64 {
-    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
-}
-
-/// utime + stime of a process in clock ticks (/proc/<pid>/stat fields 14 and 15).
-fn cpu_ticks(pid: u32) -> u64 {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // After the comm field: state is field 3, so utime (14) is index 11 here.
-    let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    get(11) + get(12)
-}
-
 /// Wake-ups (voluntary context switches) per second and CPU ticks over `window`.
 fn idle_sample(pid: u32, window: Duration) -> (f64, u64) {
     let v0 = status_field(pid, "voluntary_ctxt_switches");
@@ -173,7 +154,7 @@ fn measure_idle() {
 
     // /ws/events sockets carry the relay's heartbeat (a ping every --events-ping-interval,
     // 54 s by default) and stay open while authenticated and answering.
-    let world = FakeWorld::online(p.relay.addr(), &p.keys.client_id, &p.keys.token);
+    let world = p.world();
     let path = format!("/ws/events?clientId={}", p.keys.client_id);
     let key = p.keys.api_key.clone();
     let mut events = Vec::new();

@@ -5,93 +5,8 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::Instant;
 use support::*;
-
-/// Keys and a paired world written into `dir` before the relay starts. Local until
-/// `support::provision` is enabled (it is written against an older store API).
-struct Keys {
-    /// Full-scope key, then one per entry of `extra`.
-    keys: Vec<String>,
-    client_id: String,
-    token: String,
-}
-
-fn provision(dir: &Path, extra: &[(&[&str], &[&str])]) -> Keys {
-    use fvtt_relay::auth::{NewKey, ALL_SCOPES};
-    let mut store = fvtt_relay::store::Store::open(dir).expect("store");
-    let client_id = fvtt_relay::ids::new_client_id();
-    let state = store.state_mut();
-    let _ = state.ensure_admin_key();
-    let mut specs: Vec<(Vec<String>, Vec<String>)> =
-        vec![(ALL_SCOPES.iter().map(|s| s.to_string()).collect(), vec![])];
-    for (scopes, worlds) in extra {
-        let ws = worlds.iter().map(|w| w.replace("$W", &client_id)).collect();
-        specs.push((scopes.iter().map(|s| s.to_string()).collect(), ws));
-    }
-    let keys = specs
-        .into_iter()
-        .map(|(scopes, client_ids)| {
-            let spec = NewKey {
-                name: "test".into(),
-                scopes,
-                client_ids,
-                ..NewKey::default()
-            };
-            state.create_api_key(spec, 0).expect("key").1
-        })
-        .collect();
-    let (_, token) = state.create_connection_token(&client_id, 0);
-    store.save().expect("save");
-    Keys {
-        keys,
-        client_id,
-        token,
-    }
-}
-
-/// Start the relay on `dir`. A relay spawned by a parallel test can briefly inherit the
-/// store lock taken by `provision` (between its fork and exec), so "in use" is retried.
-fn start_relay(dir: &Path, args: &[&str]) -> Relay {
-    for _ in 0..50 {
-        match Relay::try_start_in(dir, args, &[]) {
-            Ok(r) => return r,
-            Err(f) if format!("{f:?}").contains("in use by another") => {
-                std::thread::sleep(millis(100))
-            }
-            Err(f) => panic!("fvtt-relay did not start: {f:?}"),
-        }
-    }
-    panic!("fvtt-relay did not start: data directory stayed locked");
-}
-
-struct Env {
-    relay: Relay,
-    keys: Keys,
-    _dir: TempDir,
-}
-
-impl Env {
-    fn start(args: &[&str], extra: &[(&[&str], &[&str])]) -> Env {
-        let dir = TempDir::new("data");
-        let keys = provision(dir.path(), extra);
-        let relay = start_relay(dir.path(), args);
-        Env {
-            relay,
-            keys,
-            _dir: dir,
-        }
-    }
-
-    fn key(&self) -> &str {
-        &self.keys.keys[0]
-    }
-
-    fn world(&self) -> FakeWorld {
-        FakeWorld::online(self.relay.addr(), &self.keys.client_id, &self.keys.token)
-    }
-}
 
 /// (utime + stime) of `pid` in clock ticks, and its resident set in KiB (Linux /proc).
 fn proc_usage(pid: u32) -> Option<(u64, u64)> {
@@ -118,7 +33,7 @@ const EVENTS: i64 = 20;
 #[test]
 fn one_event_reaches_2000_subscribers_once_and_in_order() {
     let started = Instant::now();
-    let env = Env::start(
+    let env = start_provisioned_with(
         &[
             "--max-connections-per-ip",
             "2200",

@@ -193,10 +193,6 @@ fn sent_reply(world: &FakeWorld, request_id: &str) -> Option<Value> {
     found
 }
 
-fn online(p: &ProvisionedRelay) -> FakeWorld {
-    FakeWorld::online(p.relay.addr(), &p.keys.client_id, &p.keys.token)
-}
-
 // ------------------------------------------------------------------------- every route
 
 #[test]
@@ -212,7 +208,7 @@ fn routes_tsv_has_the_documented_counts() {
 #[test]
 fn every_forward_route_reaches_the_world_and_comes_back_verbatim() {
     let p = start_provisioned(&[]);
-    let world = online(&p);
+    let world = p.world();
     let mut ids = HashSet::new();
     let mut covered = 0;
     for row in rows_of("forward") {
@@ -263,7 +259,7 @@ fn every_forward_route_reaches_the_world_and_comes_back_verbatim() {
 #[test]
 fn binary_routes_decode_the_module_payload() {
     let p = start_provisioned(&[]);
-    let world = online(&p);
+    let world = p.world();
     let key = p.keys.api_key.as_str();
     let mut covered = 0;
     for row in rows_of("binary") {
@@ -361,7 +357,7 @@ fn binary_routes_decode_the_module_payload() {
 #[test]
 fn multi_mib_download_arrives_intact() {
     let p = start_provisioned(&[]);
-    let world = online(&p);
+    let world = p.world();
     world.set_download_mib(8);
     let conn_timeout = secs(60);
     let raw = build_request(
@@ -388,7 +384,7 @@ fn multi_mib_download_arrives_intact() {
 #[test]
 fn upload_with_json_and_with_a_raw_body() {
     let p = start_provisioned(&[]);
-    let world = online(&p);
+    let world = p.world();
     let key = p.keys.api_key.as_str();
     let payload: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
 
@@ -443,7 +439,7 @@ fn upload_with_json_and_with_a_raw_body() {
 #[test]
 fn sse_routes_answer_and_session_routes_are_501() {
     let p = start_provisioned(&[]);
-    let _world = online(&p);
+    let _world = p.world();
     let key = p.keys.api_key.as_str();
     for row in rows_of("sse") {
         let path = format!("{}?clientId={}", row.path, p.keys.client_id);
@@ -479,13 +475,9 @@ fn sse_routes_answer_and_session_routes_are_501() {
 
 #[test]
 fn clients_lists_live_and_known_offline_worlds() {
-    let dir = TempDir::new("data");
-    let keys = provision(dir.path());
     // A second paired world that never connects.
-    let (other_id, _other_token) = {
-        let mut store = open_store(dir.path());
+    let (p, (other_id, _other_token)) = start_provisioned_edited(&[], |st, _| {
         let id = fvtt_relay::ids::new_client_id();
-        let st = store.state_mut();
         let (_, tok) = st.create_connection_token(&id, 1);
         st.upsert_world(fvtt_relay::store::KnownWorld {
             client_id: id.clone(),
@@ -494,10 +486,9 @@ fn clients_lists_live_and_known_offline_worlds() {
             last_seen_ms: Some(1234),
             ..Default::default()
         });
-        store.save().expect("save");
         (id, tok)
-    };
-    let relay = Relay::start_in(dir.path(), &[]);
+    });
+    let (relay, keys) = (&p.relay, &p.keys);
     let mut cfg = WorldConfig::new(&keys.client_id, &keys.token);
     cfg.custom_name = Some("GM Laptop".into());
     let world = FakeWorld::start(relay.addr(), cfg);
@@ -535,7 +526,7 @@ fn clients_lists_live_and_known_offline_worlds() {
 #[test]
 fn contents_status_health_and_preflight() {
     let p = start_provisioned(&[]);
-    let _world = online(&p);
+    let _world = p.world();
     let key = p.keys.api_key.as_str();
     let r = get(p.relay.addr(), "/contents/x/y", &[("x-api-key", key)]);
     assert_eq!(r.status, 400, "{r:?}");
@@ -591,23 +582,6 @@ fn contents_status_health_and_preflight() {
 
 // ------------------------------------------------------------------------- error cases
 
-/// A relay with a world whose data dir can hold extra keys made before the start.
-fn start_with_keys(
-    args: &[&str],
-    make: impl FnOnce(&mut fvtt_relay::store::State, &Provisioned) -> Vec<String>,
-) -> (ProvisionedRelay, Vec<String>) {
-    let dir = TempDir::new("data");
-    let keys = provision(dir.path());
-    let extra = {
-        let mut store = open_store(dir.path());
-        let extra = make(store.state_mut(), &keys);
-        store.save().expect("save");
-        extra
-    };
-    let relay = Relay::start_in(dir.path(), args);
-    (ProvisionedRelay { relay, keys, dir }, extra)
-}
-
 fn new_key(
     st: &mut fvtt_relay::store::State,
     scopes: &[&str],
@@ -631,7 +605,7 @@ fn new_key(
 
 #[test]
 fn missing_invalid_and_expired_keys_are_401() {
-    let (p, extra) = start_with_keys(&[], |st, _| {
+    let (p, extra) = start_provisioned_edited(&[], |st, _| {
         let k = new_key(st, &["search"], &[], None);
         // expires_in_days is at least 1, so expire it by hand (then rebuild the index).
         if let Some(last) = st.api_keys.last_mut() {
@@ -640,7 +614,7 @@ fn missing_invalid_and_expired_keys_are_401() {
         st.reindex();
         vec![k]
     });
-    let _world = online(&p);
+    let _world = p.world();
     let addr = p.relay.addr();
     let r = get(addr, "/search?query=a", &[]);
     assert_eq!(
@@ -662,11 +636,11 @@ fn missing_invalid_and_expired_keys_are_401() {
 
 #[test]
 fn a_key_without_the_route_scope_is_403() {
-    let (p, extra) = start_with_keys(&[], |st, _| {
+    let (p, extra) = start_provisioned_edited(&[], |st, _| {
         let defaults: Vec<&str> = fvtt_relay::auth::DEFAULT_SCOPES.to_vec();
         vec![new_key(st, &defaults, &[], None)]
     });
-    let world = online(&p);
+    let world = p.world();
     let key = extra[0].as_str();
     let r = post_json(
         p.relay.addr(),
@@ -690,7 +664,7 @@ fn a_key_without_the_route_scope_is_403() {
 #[test]
 fn parameter_errors_are_400_with_the_reference_messages() {
     let p = start_provisioned(&[]);
-    let world = online(&p);
+    let world = p.world();
     let h = [("x-api-key", p.keys.api_key.as_str())];
     let addr = p.relay.addr();
     let cases: Vec<(RawResponse, &str)> = vec![
@@ -734,7 +708,7 @@ fn parameter_errors_are_400_with_the_reference_messages() {
 
 #[test]
 fn client_resolution_rules() {
-    let (p, extra) = start_with_keys(&[], |st, keys| {
+    let (p, extra) = start_provisioned_edited(&[], |st, keys| {
         let id2 = "fvtt_00000000000000b2".to_string();
         let (_, tok2) = st.create_connection_token(&id2, 1);
         let bound = new_key(st, &["search"], &[&keys.client_id], Some("boundUser"));
@@ -751,7 +725,7 @@ fn client_resolution_rules() {
         json!({"error": "No connected Foundry clients found"})
     );
 
-    let w1 = online(&p);
+    let w1 = p.world();
     let w2 = FakeWorld::online(addr, &extra[0], &extra[1]);
 
     // Two connected, none named.
@@ -817,7 +791,7 @@ fn a_silent_world_times_out_with_408() {
         .expect("a GET route");
     assert!(row.timeout_ms >= 10_000, "{row:?}");
     let p = start_provisioned(&["--max-request-timeout", "1s"]);
-    let world = online(&p);
+    let world = p.world();
     world.set_silent(&row.ws_type, true);
     let c = valid_call(&row, &[]);
     let t0 = std::time::Instant::now();
@@ -832,7 +806,7 @@ fn a_silent_world_times_out_with_408() {
 #[test]
 fn a_world_that_drops_mid_request_fails_it_at_once_with_502() {
     let p = start_provisioned(&[]);
-    let world = online(&p);
+    let world = p.world();
     world.disconnect_on("entity");
     let t0 = std::time::Instant::now();
     let r = get(
@@ -848,7 +822,7 @@ fn a_world_that_drops_mid_request_fails_it_at_once_with_502() {
 #[test]
 fn module_errors_are_400_and_secrets_are_stripped() {
     let p = start_provisioned(&[]);
-    let world = online(&p);
+    let world = p.world();
     let h = [("x-api-key", p.keys.api_key.as_str())];
     world.set_error("entity", Some("Entity not found"));
     let r = get(p.relay.addr(), "/get?uuid=Actor.missing", &h);
@@ -880,7 +854,7 @@ fn module_errors_are_400_and_secrets_are_stripped() {
 #[test]
 fn replies_are_matched_by_request_id_only() {
     let p = start_provisioned(&[]);
-    let world = online(&p);
+    let world = p.world();
     world.set_error("last-round", Some("No active encounter"));
     let r = post_json(
         p.relay.addr(),
@@ -897,7 +871,7 @@ fn replies_are_matched_by_request_id_only() {
 #[test]
 fn a_late_reply_after_the_caller_left_is_dropped() {
     let p = start_provisioned(&[]);
-    let world = online(&p);
+    let world = p.world();
     world.set_delay("entity", millis(800));
     let key = p.keys.api_key.as_str();
     let raw = build_request(
@@ -933,8 +907,9 @@ fn a_late_reply_after_the_caller_left_is_dropped() {
 
 #[test]
 fn macro_create_needs_macro_write() {
-    let (p, extra) = start_with_keys(&[], |st, _| vec![new_key(st, &["entity:write"], &[], None)]);
-    let world = online(&p);
+    let (p, extra) =
+        start_provisioned_edited(&[], |st, _| vec![new_key(st, &["entity:write"], &[], None)]);
+    let world = p.world();
     let body = json!({"entityType": "Macro", "data": {"name": "m", "command": "return 1;"}});
     let r = post_json(
         p.relay.addr(),
@@ -987,7 +962,7 @@ fn served_public_paths() -> Vec<(String, String)> {
 #[test]
 fn openapi_lists_exactly_the_served_routes() {
     let p = start_provisioned(&[]);
-    let _world = online(&p);
+    let _world = p.world();
     let addr = p.relay.addr();
     let r = get(addr, "/openapi.json", &[]);
     assert_eq!(r.status, 200, "{r:?}");
@@ -1101,17 +1076,4 @@ fn owner_routes_in_openapi_are_served() {
         }
     }
     assert!(checked >= 20, "{checked}");
-}
-
-/// Open the data dir's store. Another test spawning a relay can hold a copy of the lock's
-/// file description between its fork and exec, so a moment's retry is expected.
-fn open_store(dir: &std::path::Path) -> fvtt_relay::store::Store {
-    let deadline = std::time::Instant::now() + secs(5);
-    loop {
-        match fvtt_relay::store::Store::open(dir) {
-            Ok(s) => return s,
-            Err(e) if std::time::Instant::now() >= deadline => panic!("store: {e:?}"),
-            Err(_) => std::thread::sleep(millis(20)),
-        }
-    }
 }

@@ -7,13 +7,6 @@ use support::*;
 
 const T: Duration = DEFAULT_TIMEOUT;
 
-fn conn(relay: &Relay) -> HttpConn {
-    match HttpConn::connect(relay.addr()) {
-        Ok(c) => c,
-        Err(e) => panic!("connect: {e}"),
-    }
-}
-
 fn read(c: &mut HttpConn) -> RawResponse {
     match c.read_response(T) {
         Ok(r) => r,
@@ -29,7 +22,7 @@ fn is_root_ok(r: &RawResponse) -> bool {
 #[test]
 fn keep_alive_serves_several_requests_on_one_connection() {
     let relay = Relay::start(&[]);
-    let mut c = conn(&relay);
+    let mut c = HttpConn::to(&relay);
     for i in 0..5 {
         c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         let r = read(&mut c);
@@ -46,7 +39,7 @@ fn keep_alive_serves_several_requests_on_one_connection() {
 #[test]
 fn pipelined_requests_answered_in_order() {
     let relay = Relay::start(&[]);
-    let mut c = conn(&relay);
+    let mut c = HttpConn::to(&relay);
     c.send(
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\
           GET /nope HTTP/1.1\r\nHost: x\r\n\r\n\
@@ -109,7 +102,7 @@ fn smuggling_forms_rejected_with_400_and_close() {
         ("bad chunk size", b"POST /roll HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"),
     ];
     for (name, raw) in cases {
-        let mut c = conn(&relay);
+        let mut c = HttpConn::to(&relay);
         // A second, valid request right behind: it must not be answered.
         let mut bytes = raw.to_vec();
         bytes.extend_from_slice(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -137,13 +130,13 @@ fn smuggling_forms_rejected_with_400_and_close() {
 #[test]
 fn http10_closes_by_default_and_keeps_alive_on_request() {
     let relay = Relay::start(&[]);
-    let mut c = conn(&relay);
+    let mut c = HttpConn::to(&relay);
     let r = c.roundtrip(b"GET / HTTP/1.0\r\n\r\n", T).unwrap();
     assert!(is_root_ok(&r), "{r:?}");
     assert!(r.closes(), "{r:?}");
     assert!(c.wait_closed(T));
 
-    let mut c = conn(&relay);
+    let mut c = HttpConn::to(&relay);
     let r = c
         .roundtrip(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", T)
         .unwrap();
@@ -162,7 +155,7 @@ fn http10_closes_by_default_and_keeps_alive_on_request() {
 #[test]
 fn connection_close_is_honoured() {
     let relay = Relay::start(&[]);
-    let mut c = conn(&relay);
+    let mut c = HttpConn::to(&relay);
     let r = c
         .roundtrip(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", T)
         .unwrap();
@@ -170,7 +163,7 @@ fn connection_close_is_honoured() {
     assert!(r.closes(), "{r:?}");
     assert!(c.wait_closed(T));
     // Token list, any case.
-    let mut c = conn(&relay);
+    let mut c = HttpConn::to(&relay);
     let r = c
         .roundtrip(
             b"GET / HTTP/1.1\r\nHost: x\r\nConnection: foo, CLOSE\r\n\r\n",
@@ -184,7 +177,7 @@ fn connection_close_is_honoured() {
 #[test]
 fn expect_100_continue_then_final_response() {
     let relay = Relay::start(&[]);
-    let mut c = conn(&relay);
+    let mut c = HttpConn::to(&relay);
     let body = br#"{"formula":"1d20"}"#;
     c.send(
         format!(
@@ -209,7 +202,7 @@ fn expect_100_continue_then_final_response() {
 #[test]
 fn head_has_no_body_but_the_get_content_length() {
     let relay = Relay::start(&[]);
-    let mut c = conn(&relay);
+    let mut c = HttpConn::to(&relay);
     c.send(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let h = c.read_head_response(T).unwrap();
     assert_eq!(h.status, 200);
@@ -225,7 +218,7 @@ fn head_has_no_body_but_the_get_content_length() {
 #[test]
 fn chunked_request_body_is_consumed_and_connection_reused() {
     let relay = Relay::start(&[]);
-    let mut c = conn(&relay);
+    let mut c = HttpConn::to(&relay);
     c.send(
         b"POST /roll HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n\
           5\r\n{\"for\r\n\

@@ -12,13 +12,6 @@ use std::time::Instant;
 
 const T: Duration = DEFAULT_TIMEOUT;
 
-fn conn(relay: &Relay) -> HttpConn {
-    match HttpConn::connect(relay.addr()) {
-        Ok(c) => c,
-        Err(e) => panic!("connect: {e}"),
-    }
-}
-
 /// `GET /` with enough padding in one header that the head is exactly `len` bytes.
 fn head_of_len(len: usize) -> Vec<u8> {
     let fixed = b"GET / HTTP/1.1\r\nHost: x\r\nX-Pad: \r\n\r\n".len();
@@ -64,13 +57,13 @@ fn every_limit_option_is_documented_in_help() {
 fn head_over_cap_is_431_and_at_cap_passes() {
     let relay = Relay::start(&[]);
     let cap = 16 * 1024;
-    let mut c = conn(&relay);
+    let mut c = HttpConn::to(&relay);
     let r = c.roundtrip(&head_of_len(cap), T).unwrap();
     assert_eq!(r.status, 200, "a head of exactly 16 KiB is allowed: {r:?}");
     assert!(!r.closes());
 
     for raw in [head_of_len(cap + 1), head_of_len(cap + 5000)] {
-        let mut c = conn(&relay);
+        let mut c = HttpConn::to(&relay);
         let r = c.roundtrip(&raw, T).unwrap();
         assert_eq!(r.status, 431, "{r:?}");
         assert!(r.closes());
@@ -78,7 +71,7 @@ fn head_over_cap_is_431_and_at_cap_passes() {
         assert!(c.wait_closed(T));
     }
     // A head that never ends but passes the cap gets 431 without waiting for the blank line.
-    let mut c = conn(&relay);
+    let mut c = HttpConn::to(&relay);
     let mut raw = b"GET / HTTP/1.1\r\nX-Pad: ".to_vec();
     raw.extend(std::iter::repeat_n(b'a', cap + 10));
     let r = c.roundtrip(&raw, T).unwrap();
@@ -108,13 +101,13 @@ fn body_over_cap_is_413() {
     let relay = Relay::start(&["--max-body-bytes", "1K"]);
     // Exactly at the cap: read, then refused for the missing key (401), connection kept.
     let body = vec![b' '; 1024];
-    let mut c = conn(&relay);
+    let mut c = HttpConn::to(&relay);
     let raw = build_request("POST", "/roll", "x", &[], Some(&body));
     let r = c.roundtrip(&raw, T).unwrap();
     assert_eq!(r.status, 401, "{r:?}");
 
     // Declared too large: 413 before the body is even sent.
-    let mut c = conn(&relay);
+    let mut c = HttpConn::to(&relay);
     let r = c
         .roundtrip(
             b"POST /roll HTTP/1.1\r\nHost: x\r\nContent-Length: 1025\r\n\r\n",
@@ -129,7 +122,7 @@ fn body_over_cap_is_413() {
     );
 
     // Chunked, growing past the cap chunk by chunk.
-    let mut c = conn(&relay);
+    let mut c = HttpConn::to(&relay);
     let mut raw = b"POST /roll HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     for _ in 0..3 {
         raw.extend_from_slice(b"200\r\n");
@@ -145,7 +138,7 @@ fn body_over_cap_is_413() {
 fn slowloris_head_gets_408_and_close() {
     let relay = Relay::start(&["--head-timeout", "1s"]);
     // A head that stops half way.
-    let mut c = conn(&relay);
+    let mut c = HttpConn::to(&relay);
     c.send(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
     let start = Instant::now();
     let r = c.read_response(secs(8)).unwrap();
@@ -159,7 +152,7 @@ fn slowloris_head_gets_408_and_close() {
     assert!(c.wait_closed(T));
 
     // A head that keeps trickling in: the deadline runs from its first byte, not its last.
-    let mut c = conn(&relay);
+    let mut c = HttpConn::to(&relay);
     let start = Instant::now();
     let mut got = None;
     for b in b"GET / HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".iter() {
@@ -189,7 +182,7 @@ fn slowloris_head_gets_408_and_close() {
 #[test]
 fn idle_keep_alive_connection_is_closed() {
     let relay = Relay::start(&["--keepalive-timeout", "1s"]);
-    let mut c = conn(&relay);
+    let mut c = HttpConn::to(&relay);
     let r = c
         .roundtrip(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", T)
         .unwrap();
@@ -206,12 +199,12 @@ fn idle_keep_alive_connection_is_closed() {
     );
     assert!(c.buffered().is_empty(), "idle close sends nothing");
     // A connection that never sends a byte is closed too.
-    let mut c = conn(&relay);
+    let mut c = HttpConn::to(&relay);
     assert!(c.wait_closed(secs(6)));
 }
 
 fn expect_503(relay: &Relay) {
-    let mut c = conn(relay);
+    let mut c = HttpConn::to(relay);
     // The refusal is written at accept, whatever we send.
     let _ = c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     let r = c.read_response(T).unwrap();
@@ -225,7 +218,7 @@ fn expect_503(relay: &Relay) {
 fn open_served(relay: &Relay, n: usize) -> Vec<HttpConn> {
     (0..n)
         .map(|i| {
-            let mut c = conn(relay);
+            let mut c = HttpConn::to(relay);
             let r = c
                 .roundtrip(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", T)
                 .unwrap();
@@ -250,7 +243,7 @@ fn max_connections_refuses_with_503_and_others_keep_working() {
     // One leaves: a new client gets in again (accepting resumed below the cap).
     drop(open.pop());
     let ok = wait_for(T, || {
-        let mut c = conn(&relay);
+        let mut c = HttpConn::to(&relay);
         matches!(c.roundtrip(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", T), Ok(r) if r.status == 200)
     });
     assert!(ok, "no connection accepted after one closed");
@@ -267,32 +260,14 @@ fn per_ip_cap_refuses_with_503() {
     assert_eq!(r.status, 200);
     drop(open.pop());
     assert!(wait_for(T, || {
-        let mut c = conn(&relay);
+        let mut c = HttpConn::to(&relay);
         matches!(c.roundtrip(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", T), Ok(r) if r.status == 200)
     }));
 }
 
-/// A masked client frame (zero mask key, so the payload goes as is; RFC 6455 §5.3).
-pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![0x80 | opcode];
-    let n = payload.len();
-    if n < 126 {
-        f.push(0x80 | n as u8);
-    } else if n <= 0xffff {
-        f.push(0x80 | 126);
-        f.extend_from_slice(&(n as u16).to_be_bytes());
-    } else {
-        f.push(0x80 | 127);
-        f.extend_from_slice(&(n as u64).to_be_bytes());
-    }
-    f.extend_from_slice(&[0, 0, 0, 0]);
-    f.extend_from_slice(payload);
-    f
-}
-
 /// Upgrades a raw socket on `path`; returns it with any bytes read past the 101.
 fn raw_ws(relay: &Relay, path: &str) -> (TcpStream, Vec<u8>) {
-    let mut c = conn(relay);
+    let mut c = HttpConn::to(relay);
     let key = "dGhlIHNhbXBsZSBub25jZQ==";
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"

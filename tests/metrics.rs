@@ -26,7 +26,7 @@ fn admin_only_and_counts_requests() {
     assert_eq!(get(addr, "/metrics", &[]).status, 401);
     let r = metrics(addr, &p.keys.api_key);
     assert_eq!(r.status, 403, "a scoped key may not read /metrics");
-    let world = FakeWorld::online(addr, &p.keys.client_id, &p.keys.token);
+    let world = p.world();
     for q in ["a", "b", "c"] {
         let r = get(
             addr,
@@ -63,7 +63,7 @@ fn slow_sse_consumer_is_counted() {
         "warn",
     ]);
     let addr = p.relay.addr();
-    let world = FakeWorld::online(addr, &p.keys.client_id, &p.keys.token);
+    let world = p.world();
     // A stream whose reader never reads: open it by hand and keep the socket.
     let mut stuck = match HttpConn::connect(addr) {
         Ok(c) => c,

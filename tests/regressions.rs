@@ -6,7 +6,6 @@
 mod support;
 use support::*;
 
-use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::thread;
@@ -16,50 +15,9 @@ const T: Duration = DEFAULT_TIMEOUT;
 
 // ------------------------------------------------------------------ helpers
 
-/// `start_provisioned`, retried while the data dir's flock is briefly held by a sibling
-/// test's fork (the store's lock fd lives in the test process during `provision`, and a
-/// concurrent `Command::spawn` can inherit it until its exec closes it).
-fn provisioned(args: &[&str]) -> ProvisionedRelay {
-    let dir = TempDir::new("data");
-    let keys = provision(dir.path());
-    let mut tries = 0;
-    loop {
-        match Relay::try_start_in(dir.path(), args, &[]) {
-            Ok(relay) => return ProvisionedRelay { relay, keys, dir },
-            Err(f) if f.stderr.contains("in use by another") && tries < 20 => {
-                tries += 1;
-                thread::sleep(millis(50));
-            }
-            Err(f) => panic!("fvtt-relay did not start: {f:?}"),
-        }
-    }
-}
-
-fn conn(relay: &Relay) -> HttpConn {
-    HttpConn::connect(relay.addr()).unwrap_or_else(|e| panic!("connect: {e}"))
-}
-
 fn get_root(c: &mut HttpConn) -> RawResponse {
     c.roundtrip(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", T)
         .unwrap_or_else(|e| panic!("GET /: {e}"))
-}
-
-/// utime + stime of a process in clock ticks (/proc/<pid>/stat fields 14 and 15).
-fn cpu_ticks(pid: u32) -> u64 {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    get(11) + get(12)
-}
-
-/// A field of /proc/<pid>/status (`VmRSS` in kB, `voluntary_ctxt_switches`).
-fn status_field(pid: u32, name: &str) -> u64 {
-    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
 }
 
 /// Clock ticks per second (USER_HZ): 100 on Linux for every architecture we run on.
@@ -70,24 +28,6 @@ fn idle_cpu_ms(pid: u32, window: Duration) -> u64 {
     let c0 = cpu_ticks(pid);
     thread::sleep(window);
     (cpu_ticks(pid) - c0) * 1000 / TICKS_PER_SEC
-}
-
-/// A masked client frame (zero mask key, so the payload is sent as is; RFC 6455 §5.3).
-fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![0x80 | opcode];
-    let n = payload.len();
-    if n < 126 {
-        f.push(0x80 | n as u8);
-    } else if n <= 0xffff {
-        f.push(0x80 | 126);
-        f.extend_from_slice(&(n as u16).to_be_bytes());
-    } else {
-        f.push(0x80 | 127);
-        f.extend_from_slice(&(n as u64).to_be_bytes());
-    }
-    f.extend_from_slice(&[0, 0, 0, 0]);
-    f.extend_from_slice(payload);
-    f
 }
 
 /// Parses complete server frames (unmasked) from `buf`: (opcode, payload) each; leaves a
@@ -120,7 +60,7 @@ const UPGRADE: &[u8] = b"GET /test/echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocke
 
 /// Upgrades a raw socket on /test/echo; returns it and any frame bytes already read.
 fn raw_echo(relay: &Relay) -> (TcpStream, Vec<u8>) {
-    let mut c = conn(relay);
+    let mut c = HttpConn::to(relay);
     let r = c.roundtrip(UPGRADE, T).unwrap();
     assert_eq!(r.status, 101, "{r:?}");
     c.into_parts()
@@ -132,7 +72,7 @@ fn all_slots_usable(relay: &Relay, n: usize) {
     let ok = wait_for(T, || {
         let mut open = Vec::new();
         for _ in 0..n {
-            let mut c = conn(relay);
+            let mut c = HttpConn::to(relay);
             match c.roundtrip(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", T) {
                 Ok(r) if r.status == 200 => open.push(c),
                 _ => return false,
@@ -160,7 +100,7 @@ fn readiness_drained_after_burst() {
     for i in 0..n {
         burst.extend_from_slice(format!("GET /b{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
     }
-    let mut c = conn(&relay);
+    let mut c = HttpConn::to(&relay);
     let mut writer = c.stream().try_clone().unwrap();
     let w = thread::spawn(move || writer.write_all(&burst));
     for i in 0..n {
@@ -228,7 +168,7 @@ fn several_events_for_closed_token() {
         })
         .collect();
     // Meanwhile a keep-alive client is served throughout.
-    let mut c = conn(&relay);
+    let mut c = HttpConn::to(&relay);
     for _ in 0..50 {
         assert_eq!(get_root(&mut c).status, 200);
     }
@@ -244,9 +184,8 @@ fn several_events_for_closed_token() {
 /// HTTP client left must not reach the next owner of the same slab slot.
 #[test]
 fn late_reply_after_client_left_is_dropped() {
-    let p = provisioned(&[]);
-    let addr = p.relay.addr();
-    let world = FakeWorld::online(addr, &p.keys.client_id, &p.keys.token);
+    let p = start_provisioned(&[]);
+    let world = p.world();
     world.set_delay("search", millis(700));
     let key = p.keys.api_key.as_str();
     let search = |q: &str| {
@@ -259,13 +198,13 @@ fn late_reply_after_client_left_is_dropped() {
         )
     };
 
-    let mut a = conn(&p.relay);
+    let mut a = HttpConn::to(&p.relay);
     a.send(&search("first")).unwrap();
     assert!(world.wait_request("search", T).is_some());
     drop(a); // the client leaves before the reply
              // The next connection most likely takes the freed slot (the slab reuses keys).
     thread::sleep(millis(100));
-    let mut b = conn(&p.relay);
+    let mut b = HttpConn::to(&p.relay);
     assert_eq!(get_root(&mut b).status, 200);
     // Wait until the world has answered the first request, then some more.
     let answered = wait_for(T, || {
@@ -297,7 +236,7 @@ fn write_interest_not_left_armed() {
     let relay = Relay::start(&["--test-echo"]);
     let mut idle = Vec::new();
     for _ in 0..100 {
-        let mut c = conn(&relay);
+        let mut c = HttpConn::to(&relay);
         assert_eq!(get_root(&mut c).status, 200);
         idle.push(c);
     }
@@ -348,7 +287,7 @@ fn idle_server_does_not_spin() {
     let relay = Relay::start(&[]);
     let mut open = Vec::new();
     for _ in 0..200 {
-        let mut c = conn(&relay);
+        let mut c = HttpConn::to(&relay);
         assert_eq!(get_root(&mut c).status, 200);
         open.push(c);
     }
@@ -413,7 +352,7 @@ fn slow_reader_bounded_memory() {
         grown < 32 * 1024,
         "relay RSS grew by {grown} kB for one stuck reader"
     );
-    let mut c = conn(&relay);
+    let mut c = HttpConn::to(&relay);
     assert_eq!(get_root(&mut c).status, 200);
 }
 
@@ -446,7 +385,7 @@ fn head_cap_same_for_any_split() {
             (1..len).step_by(100).collect(),
         ];
         for cuts in splits {
-            let mut c = conn(&relay);
+            let mut c = HttpConn::to(&relay);
             let mut last = 0;
             for &cut in cuts.iter().chain(std::iter::once(&len)) {
                 if cut > last {
@@ -471,7 +410,7 @@ fn head_cap_same_for_any_split() {
     raw.extend_from_slice(b"Content-Length: 100\r\n\r\n");
     assert_eq!(raw.len(), cap);
     raw.extend(std::iter::repeat_n(b'b', 100));
-    let mut c = conn(&relay);
+    let mut c = HttpConn::to(&relay);
     let r = c.roundtrip(&raw, T).unwrap();
     assert_eq!(
         r.status, 200,
@@ -488,12 +427,12 @@ fn accept_survives_connection_cap() {
     let relay = Relay::start(&["--max-connections", "10", "--max-connections-per-ip", "10"]);
     let mut open = Vec::new();
     for _ in 0..10 {
-        let mut c = conn(&relay);
+        let mut c = HttpConn::to(&relay);
         assert_eq!(get_root(&mut c).status, 200);
         open.push(c);
     }
     // A crowd at the cap: each is refused promptly, none waits in the backlog.
-    let crowd: Vec<_> = (0..30).map(|_| conn(&relay)).collect();
+    let crowd: Vec<_> = (0..30).map(|_| HttpConn::to(&relay)).collect();
     for mut c in crowd {
         let r = c.read_response(T).unwrap();
         assert_eq!(r.status, 503);
@@ -519,7 +458,7 @@ fn accept_survives_emfile() {
     }
     let mut open = Vec::new();
     for _ in 0..60 {
-        open.push(conn(&relay));
+        open.push(HttpConn::to(&relay));
     }
     // Some of these are past the limit: they wait in the backlog.
     thread::sleep(millis(300));
@@ -657,14 +596,14 @@ fn cancelled_timers_do_not_spin() {
     {
         let mut partial = Vec::new();
         for _ in 0..200 {
-            let mut c = conn(&relay);
+            let mut c = HttpConn::to(&relay);
             c.send(b"GET / HTTP/1.1\r\nHost").unwrap();
             partial.push(c);
         }
         thread::sleep(millis(100));
     } // all gone before their deadlines
       // A keep-alive client re-arms its idle deadline on every request.
-    let mut c = conn(&relay);
+    let mut c = HttpConn::to(&relay);
     for _ in 0..20 {
         assert_eq!(get_root(&mut c).status, 200);
         thread::sleep(millis(20));

@@ -13,29 +13,10 @@ use std::time::Instant;
 const T: Duration = DEFAULT_TIMEOUT;
 const GRACE: Duration = Duration::from_secs(2);
 
-/// `start_provisioned`, retried while the data dir's flock is briefly held by a sibling
-/// test's fork (the store's lock fd lives in the test process during `provision`, and a
-/// concurrent `Command::spawn` can inherit it until its exec closes it).
-fn provisioned(args: &[&str]) -> ProvisionedRelay {
-    let dir = TempDir::new("data");
-    let keys = provision(dir.path());
-    let mut tries = 0;
-    loop {
-        match Relay::try_start_in(dir.path(), args, &[]) {
-            Ok(relay) => return ProvisionedRelay { relay, keys, dir },
-            Err(f) if f.stderr.contains("in use by another") && tries < 20 => {
-                tries += 1;
-                std::thread::sleep(millis(50));
-            }
-            Err(f) => panic!("fvtt-relay did not start: {f:?}"),
-        }
-    }
-}
-
 fn shutdown_with_open_sockets(signal: &str) {
-    let p = provisioned(&["--test-echo", "--shutdown-grace", "2s"]);
+    let p = start_provisioned(&["--test-echo", "--shutdown-grace", "2s"]);
     let addr = p.relay.addr();
-    let world = FakeWorld::online(addr, &p.keys.client_id, &p.keys.token);
+    let world = p.world();
     let mut echo = ws_connect(addr, "/test/echo", &[]).unwrap_or_else(|e| panic!("{e:?}"));
     echo.send_text("hello").unwrap();
     assert!(echo.recv(T).is_some());
@@ -96,9 +77,9 @@ fn sigint_closes_websockets_with_1001_and_exits_0() {
 /// response (an answer or an error status), never a silently dropped connection.
 #[test]
 fn in_flight_request_failed_when_world_link_closes() {
-    let p = provisioned(&["--shutdown-grace", "2s"]);
+    let p = start_provisioned(&["--shutdown-grace", "2s"]);
     let addr = p.relay.addr();
-    let world = FakeWorld::online(addr, &p.keys.client_id, &p.keys.token);
+    let world = p.world();
     world.set_delay("search", secs(30));
     let key = p.keys.api_key.clone();
     let client = thread::spawn(move || {
@@ -198,7 +179,7 @@ fn hung_world(addr: std::net::SocketAddr, client_id: &str, token: &str) -> TcpSt
 fn in_flight_request_failed_when_grace_ends_first() {
     // Grace (1 s) shorter than the close linger (2 s): the hung world's link is still open
     // when the deadline comes, so the request waiting on it is still in flight.
-    let p = provisioned(&["--shutdown-grace", "1s"]);
+    let p = start_provisioned(&["--shutdown-grace", "1s"]);
     let addr = p.relay.addr();
     let _world = hung_world(addr, &p.keys.client_id, &p.keys.token);
     let key = p.keys.api_key.clone();

@@ -4,7 +4,7 @@ use support::*;
 #[test]
 fn forward_round_trip_through_a_simulated_world() {
     let p = start_provisioned(&[]);
-    let world = FakeWorld::online(p.relay.addr(), &p.keys.client_id, &p.keys.token);
+    let world = p.world();
     let r = get(
         p.relay.addr(),
         "/search?query=goblin",

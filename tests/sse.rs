@@ -5,92 +5,17 @@
 
 mod support;
 
-use std::path::Path;
 use support::*;
 
-/// Keys and a paired world written into `dir` before the relay starts. Local until
-/// `support::provision` is enabled (it is written against an older store API).
-struct Keys {
-    /// Full-scope key, then one per entry of `extra`.
-    keys: Vec<String>,
-    client_id: String,
-    token: String,
+/// SSE streams on a provisioned relay, with the full-scope key.
+trait SseEnv {
+    /// `route?clientId=<world><query>`, connected; panics on a refusal.
+    fn sse(&self, route: &str, query: &str) -> SseClient;
+    /// `sse` with extra request headers.
+    fn sse_with(&self, route: &str, query: &str, headers: &[(&str, &str)]) -> SseClient;
 }
 
-fn provision(dir: &Path, extra: &[(&[&str], &[&str])]) -> Keys {
-    use fvtt_relay::auth::{NewKey, ALL_SCOPES};
-    let mut store = fvtt_relay::store::Store::open(dir).expect("store");
-    let client_id = fvtt_relay::ids::new_client_id();
-    let state = store.state_mut();
-    let _ = state.ensure_admin_key();
-    let mut specs: Vec<(Vec<String>, Vec<String>)> =
-        vec![(ALL_SCOPES.iter().map(|s| s.to_string()).collect(), vec![])];
-    for (scopes, worlds) in extra {
-        let ws = worlds.iter().map(|w| w.replace("$W", &client_id)).collect();
-        specs.push((scopes.iter().map(|s| s.to_string()).collect(), ws));
-    }
-    let keys = specs
-        .into_iter()
-        .map(|(scopes, client_ids)| {
-            let spec = NewKey {
-                name: "test".into(),
-                scopes,
-                client_ids,
-                ..NewKey::default()
-            };
-            state.create_api_key(spec, 0).expect("key").1
-        })
-        .collect();
-    let (_, token) = state.create_connection_token(&client_id, 0);
-    store.save().expect("save");
-    Keys {
-        keys,
-        client_id,
-        token,
-    }
-}
-
-/// Start the relay on `dir`. A relay spawned by a parallel test can briefly inherit the
-/// store lock taken by `provision` (between its fork and exec), so "in use" is retried.
-fn start_relay(dir: &Path, args: &[&str]) -> Relay {
-    for _ in 0..50 {
-        match Relay::try_start_in(dir, args, &[]) {
-            Ok(r) => return r,
-            Err(f) if format!("{f:?}").contains("in use by another") => {
-                std::thread::sleep(millis(100))
-            }
-            Err(f) => panic!("fvtt-relay did not start: {f:?}"),
-        }
-    }
-    panic!("fvtt-relay did not start: data directory stayed locked");
-}
-
-struct Env {
-    relay: Relay,
-    keys: Keys,
-    _dir: TempDir,
-}
-
-impl Env {
-    fn start(args: &[&str], extra: &[(&[&str], &[&str])]) -> Env {
-        let dir = TempDir::new("data");
-        let keys = provision(dir.path(), extra);
-        let relay = start_relay(dir.path(), args);
-        Env {
-            relay,
-            keys,
-            _dir: dir,
-        }
-    }
-
-    fn key(&self) -> &str {
-        &self.keys.keys[0]
-    }
-
-    fn world(&self) -> FakeWorld {
-        FakeWorld::online(self.relay.addr(), &self.keys.client_id, &self.keys.token)
-    }
-
+impl SseEnv for ProvisionedRelay {
     fn sse(&self, route: &str, query: &str) -> SseClient {
         self.sse_with(route, query, &[])
     }
@@ -122,7 +47,7 @@ fn chat_from(id: &str, alias: &str, whisper: &[&str]) -> Value {
 
 #[test]
 fn headers_retry_and_connected_frame() {
-    let env = Env::start(&[], &[]);
+    let env = start_provisioned_with(&[], &[]);
     let _w = env.world();
     let mut c = env.sse("/chat/subscribe", "");
     let r = &c.response;
@@ -139,7 +64,7 @@ fn headers_retry_and_connected_frame() {
 
 #[test]
 fn each_route_names_and_filters() {
-    let env = Env::start(&[], &[]);
+    let env = start_provisioned_with(&[], &[]);
     let w = env.world();
     // route, query, channel, module type, (payload, expected name or None = filtered out)
     type Case<'a> = (
@@ -278,7 +203,7 @@ fn each_route_names_and_filters() {
 
 #[test]
 fn counts_reach_the_module() {
-    let env = Env::start(&[], &[]);
+    let env = start_provisioned_with(&[], &[]);
     let w = env.world();
     let a = env.sse("/rolls/subscribe", "");
     assert!(w.wait_subscription("roll-events", secs(5), |n| n == 1));
@@ -299,7 +224,7 @@ fn counts_reach_the_module() {
 
 #[test]
 fn last_event_id_resumes_across_a_reconnect() {
-    let env = Env::start(&[], &[]);
+    let env = start_provisioned_with(&[], &[]);
     let w = env.world();
     // A second stream keeps the channel on while the first is away.
     let _keeper = env.sse("/rolls/subscribe", "");
@@ -337,7 +262,7 @@ fn last_event_id_resumes_across_a_reconnect() {
 
 #[test]
 fn world_restart_keeps_the_stream() {
-    let env = Env::start(&[], &[]);
+    let env = start_provisioned_with(&[], &[]);
     let mut cfg = WorldConfig::new(&env.keys.client_id, &env.keys.token);
     cfg.reconnect_base = millis(100);
     let w = FakeWorld::start(env.relay.addr(), cfg);
@@ -362,7 +287,7 @@ fn world_restart_keeps_the_stream() {
 
 #[test]
 fn offline_known_world_can_be_subscribed() {
-    let env = Env::start(&[], &[]);
+    let env = start_provisioned_with(&[], &[]);
     let mut w = env.world();
     w.stop();
     assert!(w.wait_disconnected(secs(5)));
@@ -386,7 +311,7 @@ fn offline_known_world_can_be_subscribed() {
 
 #[test]
 fn ten_streams_per_world_and_channel() {
-    let env = Env::start(&[], &[]);
+    let env = start_provisioned_with(&[], &[]);
     let w = env.world();
     let mut open: Vec<SseClient> = (0..10).map(|_| env.sse("/scene/subscribe", "")).collect();
     for c in &mut open {
@@ -411,7 +336,7 @@ fn ten_streams_per_world_and_channel() {
 
 #[test]
 fn api_key_in_the_query_and_auth_errors() {
-    let env = Env::start(
+    let env = start_provisioned_with(
         &[],
         &[
             (&["clients:read"], &[]),
@@ -435,12 +360,12 @@ fn api_key_in_the_query_and_auth_errors() {
         ),
         (
             format!("/chat/subscribe?clientId={id}"),
-            vec![("x-api-key", &env.keys.keys[1])],
+            vec![("x-api-key", &env.keys.extra_keys[0])],
             403,
         ),
         (
             format!("/chat/subscribe?clientId={id}"),
-            vec![("x-api-key", &env.keys.keys[2])],
+            vec![("x-api-key", &env.keys.extra_keys[1])],
             403,
         ),
         (format!("/clients?apiKey={key}"), vec![], 401),
@@ -454,7 +379,7 @@ fn api_key_in_the_query_and_auth_errors() {
 
 #[test]
 fn keepalive_comments() {
-    let env = Env::start(&["--sse-keepalive", "200ms"], &[]);
+    let env = start_provisioned_with(&["--sse-keepalive", "200ms"], &[]);
     let _w = env.world();
     let mut c = env.sse("/hooks/subscribe", "");
     connected(&mut c);

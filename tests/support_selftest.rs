@@ -590,6 +590,16 @@ impl ModuleSide {
     }
 }
 
+/// Accepts the world's next connection, reads its auth message, answers `auth-success`,
+/// and waits until the world counts itself connected.
+fn accept_authed(relay: &MiniRelay, world: &FakeWorld) -> ModuleSide {
+    let mut m = relay.accept(secs(5));
+    m.recv(secs(5)).unwrap();
+    m.send(json!({"type": "auth-success"}));
+    assert!(world.wait_connected(secs(5)));
+    m
+}
+
 fn quick_config(token: &str) -> WorldConfig {
     let mut cfg = WorldConfig::new("fvtt_selftest0001", token);
     cfg.reconnect_base = millis(40);
@@ -699,10 +709,7 @@ fn world_handshake_requests_and_events() {
 fn world_knobs_delay_silence_error_download_disconnect() {
     let relay = MiniRelay::new();
     let world = FakeWorld::start(relay.addr(), quick_config("tok"));
-    let mut m = relay.accept(secs(5));
-    m.recv(secs(5)).unwrap();
-    m.send(json!({"type": "auth-success"}));
-    assert!(world.wait_connected(secs(5)));
+    let mut m = accept_authed(&relay, &world);
 
     // A delayed reply does not hold up the next request.
     world.set_delay("search", millis(300));
@@ -774,10 +781,7 @@ fn world_close_codes_drive_reconnects() {
     let world = FakeWorld::start(relay.addr(), quick_config("tok"));
 
     // 1001: transient, reconnect after the base delay.
-    let mut m = relay.accept(secs(5));
-    m.recv(secs(5)).unwrap();
-    m.send(json!({"type": "auth-success"}));
-    assert!(world.wait_connected(secs(5)));
+    let mut m = accept_authed(&relay, &world);
     m.send(json!({"type": "event-subscription-update", "channel": "hooks", "count": 1}));
     assert!(world.wait_subscription("hooks", secs(5), |n| n == 1));
     m.close(1001, "Server shutting down");
@@ -831,10 +835,7 @@ fn world_close_1000_stops_and_stop_sends_1000() {
 
     let relay = MiniRelay::new();
     world = FakeWorld::start(relay.addr(), quick_config("tok"));
-    let mut m = relay.accept(secs(5));
-    m.recv(secs(5)).unwrap();
-    m.send(json!({"type": "auth-success"}));
-    assert!(world.wait_connected(secs(5)));
+    let mut m = accept_authed(&relay, &world);
     world.stop();
     let mut close = None;
     let deadline = Instant::now() + secs(5);

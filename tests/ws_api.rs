@@ -6,71 +6,23 @@
 
 mod support;
 
-use fvtt_relay::auth::{NewKey, ALL_SCOPES};
-use fvtt_relay::store::Store;
 use support::*;
 
-/// A relay on a data dir holding a full-scope key, a read-only key and a paired world.
-/// Field order matters: the relay stops before its data dir is removed.
-struct Setup {
-    relay: Relay,
-    full: String,
-    read_only: String,
-    client_id: String,
-    token: String,
-    _dir: TempDir,
+/// A relay on a data dir holding a full-scope key (`keys.api_key`), a read-only key
+/// (`keys.extra_keys[0]`) and a paired world.
+fn setup(args: &[&str]) -> ProvisionedRelay {
+    start_provisioned_with(args, &[(&["entity:read"], &[])])
 }
 
-fn new_key(state: &mut fvtt_relay::store::State, scopes: &[&str]) -> String {
-    let spec = NewKey {
-        name: "ws-api-test".into(),
-        scopes: scopes.iter().map(|s| s.to_string()).collect(),
-        client_ids: vec![],
-        user_id: None,
-        expires_in_days: None,
-        rate_limit_per_minute: None,
-    };
-    match state.create_api_key(spec, fvtt_relay::store::unix_ms()) {
-        Ok((_, k)) => k,
-        Err(e) => panic!("cannot create a key: {e}"),
-    }
+/// `/ws/api` sockets on a provisioned relay.
+trait ApiEnv {
+    /// Upgrades `path` with `headers`; panics on a refusal.
+    fn connect(&self, path: &str, headers: &[(&str, &str)]) -> WsClient;
+    /// A socket authenticated by first message with `key`, past its two welcome messages.
+    fn client(&self, key: &str) -> WsClient;
 }
 
-fn setup(args: &[&str]) -> Setup {
-    let dir = TempDir::new("wsapi");
-    let client_id = fvtt_relay::ids::new_client_id();
-    let (full, read_only, token) = {
-        let mut store = match Store::open(dir.path()) {
-            Ok(s) => s,
-            Err(e) => panic!("cannot open the store: {e:?}"),
-        };
-        let state = store.state_mut();
-        state.ensure_admin_key();
-        let all: Vec<&str> = ALL_SCOPES.to_vec();
-        let full = new_key(state, &all);
-        let read_only = new_key(state, &["entity:read"]);
-        let (_, token) = state.create_connection_token(&client_id, fvtt_relay::store::unix_ms());
-        if let Err(e) = store.save() {
-            panic!("cannot save the store: {e}");
-        }
-        (full, read_only, token)
-    };
-    let relay = Relay::start_in(dir.path(), args);
-    Setup {
-        relay,
-        full,
-        read_only,
-        client_id,
-        token,
-        _dir: dir,
-    }
-}
-
-impl Setup {
-    fn world(&self) -> FakeWorld {
-        FakeWorld::online(self.relay.addr(), &self.client_id, &self.token)
-    }
-
+impl ApiEnv for ProvisionedRelay {
     fn connect(&self, path: &str, headers: &[(&str, &str)]) -> WsClient {
         match ws_connect(self.relay.addr(), path, headers) {
             Ok(c) => c,
@@ -78,7 +30,6 @@ impl Setup {
         }
     }
 
-    /// A socket authenticated by first message with `key`, past its two welcome messages.
     fn client(&self, key: &str) -> WsClient {
         let mut c = self.connect("/ws/api", &[]);
         send(&mut c, json!({"type": "auth", "token": key}));
@@ -110,12 +61,15 @@ fn auth_by_message_header_and_query() {
     let _world = s.world();
     // First message, with the documented reply followed by the reference's welcome.
     let mut c = s.connect("/ws/api", &[]);
-    send(&mut c, json!({"type": "auth", "token": s.full}));
+    send(&mut c, json!({"type": "auth", "token": s.keys.api_key}));
     let a = c.recv_json(secs(5)).unwrap_or(Value::Null);
-    assert_eq!(a, json!({"type": "auth-success", "clientId": s.client_id}));
+    assert_eq!(
+        a,
+        json!({"type": "auth-success", "clientId": s.keys.client_id})
+    );
     let w = c.recv_json(secs(5)).unwrap_or(Value::Null);
     assert_eq!(w["type"], "connected");
-    assert_eq!(w["clientId"], s.client_id.as_str());
+    assert_eq!(w["clientId"], s.keys.client_id.as_str());
     let types = w["supportedTypes"].as_array().cloned().unwrap_or_default();
     assert_eq!(types.len(), 94);
     assert!(types.contains(&json!("execute-js")) && types.contains(&json!("download-file")));
@@ -131,8 +85,11 @@ fn auth_by_message_header_and_query() {
         ])
     );
     // Header and query: welcomed without any message.
-    let key_header = [("x-api-key", s.full.as_str())];
-    let query = format!("/ws/api?token={}&clientId={}", s.full, s.client_id);
+    let key_header = [("x-api-key", s.keys.api_key.as_str())];
+    let query = format!(
+        "/ws/api?token={}&clientId={}",
+        s.keys.api_key, s.keys.client_id
+    );
     for (path, headers) in [("/ws/api", &key_header[..]), (query.as_str(), &[][..])] {
         let mut c = s.connect(path, headers);
         let a = c.recv_json(secs(5)).unwrap_or(Value::Null);
@@ -145,9 +102,9 @@ fn auth_by_message_header_and_query() {
         assert_eq!(reply(&mut c, "p")["type"], "pong");
     }
     // The world's connection token works too, bound to its world.
-    let mut c = s.client(&s.token);
+    let mut c = s.client(&s.keys.token);
     send(&mut c, json!({"type": "world-info", "requestId": "w"}));
-    assert_eq!(reply(&mut c, "w")["clientId"], s.client_id.as_str());
+    assert_eq!(reply(&mut c, "w")["clientId"], s.keys.client_id.as_str());
 }
 
 #[test]
@@ -155,7 +112,7 @@ fn auth_failures_close_4002_with_reasons() {
     let s = setup(&["--auth-timeout", "1s"]);
     // No world connected yet.
     let mut c = s.connect("/ws/api", &[]);
-    send(&mut c, json!({"type": "auth", "token": s.full}));
+    send(&mut c, json!({"type": "auth", "token": s.keys.api_key}));
     assert_eq!(
         c.recv_close(secs(5)),
         Some((4002, "No connected Foundry client found".into()))
@@ -174,7 +131,7 @@ fn auth_failures_close_4002_with_reasons() {
         ),
         (
             Some(
-                json!({"type":"auth","token": s.full, "clientId": "fvtt_0000000000000000"})
+                json!({"type":"auth","token": s.keys.api_key, "clientId": "fvtt_0000000000000000"})
                     .to_string(),
             ),
             "Invalid clientId",
@@ -211,7 +168,7 @@ fn auth_failures_close_4002_with_reasons() {
 fn scope_is_enforced_per_message() {
     let s = setup(&[]);
     let world = s.world();
-    let mut c = s.client(&s.read_only);
+    let mut c = s.client(&s.keys.extra_keys[0]);
     send(
         &mut c,
         json!({"type": "execute-js", "requestId": "x", "script": "return 1"}),
@@ -245,7 +202,7 @@ fn scope_is_enforced_per_message() {
 fn requests_round_trip_with_the_callers_request_id() {
     let s = setup(&[]);
     let world = s.world();
-    let mut c = s.client(&s.full);
+    let mut c = s.client(s.key());
     let cases = [
         json!({"type": "world-info", "requestId": "a1"}),
         json!({"type": "roll", "requestId": "a2", "formula": "1d20"}),
@@ -262,7 +219,7 @@ fn requests_round_trip_with_the_callers_request_id() {
         let rid = m["requestId"].as_str().unwrap_or("");
         let r = reply(&mut c, rid);
         assert_eq!(r["type"], format!("{ty}-result"), "{r}");
-        assert_eq!(r["clientId"], s.client_id.as_str());
+        assert_eq!(r["clientId"], s.keys.client_id.as_str());
         // The module saw our own unique id, never the caller's.
         let seen = world.wait_request(ty, secs(5)).unwrap_or(Value::Null);
         assert_ne!(seen["requestId"], rid);
@@ -281,7 +238,7 @@ fn binary_types_return_the_modules_json() {
     let s = setup(&[]);
     let world = s.world();
     world.set_download_size(Some(3000));
-    let mut c = s.client(&s.full);
+    let mut c = s.client(s.key());
     send(
         &mut c,
         json!({"type": "download-file", "requestId": "d", "path": "x/y.bin", "format": "base64"}),
@@ -314,8 +271,8 @@ fn binary_types_return_the_modules_json() {
 fn subscribe_counts_duplicates_and_unsubscribe() {
     let s = setup(&[]);
     let world = s.world();
-    let mut a = s.client(&s.full);
-    let mut b = s.client(&s.full);
+    let mut a = s.client(s.key());
+    let mut b = s.client(s.key());
     send(
         &mut a,
         json!({"type": "subscribe", "channel": "chat-events", "requestId": "1"}),
@@ -388,7 +345,7 @@ fn chat(id: &str, alias: &str) -> Value {
 fn filters_and_since_resume() {
     let s = setup(&[]);
     let world = s.world();
-    let mut c = s.client(&s.full);
+    let mut c = s.client(s.key());
     send(
         &mut c,
         json!({"type": "subscribe", "channel": "chat-events", "requestId": "s",
@@ -415,7 +372,7 @@ fn filters_and_since_resume() {
     let first_seq = got[0]["seq"].as_u64().unwrap_or(0);
     assert!(c.recv_type("chat-event", millis(300)).is_none());
     // A second socket resumes after the first event, unfiltered: it gets m2 and m3 only.
-    let mut d = s.client(&s.full);
+    let mut d = s.client(s.key());
     send(
         &mut d,
         json!({"type": "subscribe", "channel": "chat-events", "requestId": "r", "since": first_seq}),
@@ -436,7 +393,7 @@ fn module_disconnect_fails_in_flight_requests_at_once() {
     let s = setup(&[]);
     let world = s.world();
     world.set_silent("world-info", true);
-    let mut c = s.client(&s.full);
+    let mut c = s.client(s.key());
     send(&mut c, json!({"type": "world-info", "requestId": "q"}));
     assert!(world.wait_request("world-info", secs(5)).is_some());
     let started = std::time::Instant::now();
@@ -454,7 +411,7 @@ fn module_disconnect_fails_in_flight_requests_at_once() {
 fn forbidden_scripts_are_screened_like_http() {
     let s = setup(&[]);
     let world = s.world();
-    let mut c = s.client(&s.full);
+    let mut c = s.client(s.key());
     send(
         &mut c,
         json!({"type": "execute-js", "requestId": "bad", "script": "return eval('1')"}),
@@ -479,7 +436,7 @@ fn offline_world_and_timeout() {
     let s = setup(&["--ws-api-request-timeout", "1s"]);
     let mut world = s.world();
     world.set_silent("roll", true);
-    let mut c = s.client(&s.full);
+    let mut c = s.client(s.key());
     let started = std::time::Instant::now();
     send(
         &mut c,
@@ -500,7 +457,7 @@ fn in_flight_cap_per_socket() {
     let s = setup(&["--ws-api-max-inflight", "3"]);
     let world = s.world();
     world.set_silent("world-info", true);
-    let mut c = s.client(&s.full);
+    let mut c = s.client(s.key());
     for i in 0..4 {
         send(
             &mut c,
@@ -510,11 +467,11 @@ fn in_flight_cap_per_socket() {
     let r = reply(&mut c, "r3");
     assert_eq!(
         r,
-        json!({"type": "world-info-result", "requestId": "r3", "clientId": s.client_id,
+        json!({"type": "world-info-result", "requestId": "r3", "clientId": s.keys.client_id,
             "error": "Too many concurrent requests; try again shortly"})
     );
     // Another socket has its own budget.
-    let mut d = s.client(&s.full);
+    let mut d = s.client(s.key());
     send(&mut d, json!({"type": "players", "requestId": "other"}));
     assert_eq!(reply(&mut d, "other")["type"], "players-result");
 }
@@ -523,7 +480,7 @@ fn in_flight_cap_per_socket() {
 fn ping_pong_and_message_errors() {
     let s = setup(&[]);
     let _world = s.world();
-    let mut c = s.client(&s.full);
+    let mut c = s.client(s.key());
     send(&mut c, json!({"type": "ping", "requestId": "p1"}));
     assert_eq!(
         reply(&mut c, "p1"),
@@ -552,7 +509,7 @@ fn ping_pong_and_message_errors() {
 fn oversize_message_closes_1009() {
     let s = setup(&["--api-max-message", "4K", "--api-max-frame", "4K"]);
     let _world = s.world();
-    let mut c = s.client(&s.full);
+    let mut c = s.client(s.key());
     let big = json!({"type": "ping", "requestId": "x".repeat(8 * 1024)});
     let _ = c.send_json(&big);
     assert_eq!(c.recv_close(secs(5)).map(|x| x.0), Some(1009));

@@ -5,94 +5,19 @@
 
 mod support;
 
-use std::path::Path;
 use support::*;
 
-/// Keys and a paired world written into `dir` before the relay starts. Local until
-/// `support::provision` is enabled (it is written against an older store API).
-struct Keys {
-    /// Full-scope key, then one per entry of `extra`.
-    keys: Vec<String>,
-    client_id: String,
-    token: String,
+/// `/ws/events` sockets on a provisioned relay, with the full-scope key.
+trait EventsEnv {
+    /// `/ws/events/<world>`.
+    fn path_world(&self) -> String;
+    /// Upgrades `path`; panics on a refusal.
+    fn open(&self, path: &str) -> WsClient;
+    /// Open and subscribe; returns the socket and its snapshot.
+    fn subscribed(&self, path: &str, sub: Value) -> (WsClient, Value);
 }
 
-fn provision(dir: &Path, extra: &[(&[&str], &[&str])]) -> Keys {
-    use fvtt_relay::auth::{NewKey, ALL_SCOPES};
-    let mut store = fvtt_relay::store::Store::open(dir).expect("store");
-    let client_id = fvtt_relay::ids::new_client_id();
-    let state = store.state_mut();
-    let _ = state.ensure_admin_key();
-    let mut specs: Vec<(Vec<String>, Vec<String>)> =
-        vec![(ALL_SCOPES.iter().map(|s| s.to_string()).collect(), vec![])];
-    for (scopes, worlds) in extra {
-        let ws = worlds.iter().map(|w| w.replace("$W", &client_id)).collect();
-        specs.push((scopes.iter().map(|s| s.to_string()).collect(), ws));
-    }
-    let keys = specs
-        .into_iter()
-        .map(|(scopes, client_ids)| {
-            let spec = NewKey {
-                name: "test".into(),
-                scopes,
-                client_ids,
-                ..NewKey::default()
-            };
-            state.create_api_key(spec, 0).expect("key").1
-        })
-        .collect();
-    let (_, token) = state.create_connection_token(&client_id, 0);
-    store.save().expect("save");
-    Keys {
-        keys,
-        client_id,
-        token,
-    }
-}
-
-/// Start the relay on `dir`. A relay spawned by a parallel test can briefly inherit the
-/// store lock taken by `provision` (between its fork and exec), so "in use" is retried.
-fn start_relay(dir: &Path, args: &[&str]) -> Relay {
-    for _ in 0..50 {
-        match Relay::try_start_in(dir, args, &[]) {
-            Ok(r) => return r,
-            Err(f) if format!("{f:?}").contains("in use by another") => {
-                std::thread::sleep(millis(100))
-            }
-            Err(f) => panic!("fvtt-relay did not start: {f:?}"),
-        }
-    }
-    panic!("fvtt-relay did not start: data directory stayed locked");
-}
-
-struct Env {
-    relay: Relay,
-    keys: Keys,
-    _dir: TempDir,
-}
-
-impl Env {
-    fn start(args: &[&str], extra: &[(&[&str], &[&str])]) -> Env {
-        let dir = TempDir::new("data");
-        let keys = provision(dir.path(), extra);
-        let relay = start_relay(dir.path(), args);
-        Env {
-            relay,
-            keys,
-            _dir: dir,
-        }
-    }
-
-    fn key(&self) -> &str {
-        &self.keys.keys[0]
-    }
-
-    fn world(&self) -> FakeWorld {
-        FakeWorld::online(self.relay.addr(), &self.keys.client_id, &self.keys.token)
-    }
-}
-
-impl Env {
+impl EventsEnv for ProvisionedRelay {
     fn path_world(&self) -> String {
         format!("/ws/events/{}", self.keys.client_id)
     }
@@ -104,7 +29,6 @@ impl Env {
         }
     }
 
-    /// Open and subscribe; returns the socket and its snapshot.
     fn subscribed(&self, path: &str, sub: Value) -> (WsClient, Value) {
         let mut c = self.open(path);
         c.send_json(&sub).expect("send subscribe");
@@ -130,7 +54,7 @@ fn refused(r: Result<WsClient, ConnectError>) -> RawResponse {
 
 #[test]
 fn errors_before_the_upgrade() {
-    let env = Env::start(
+    let env = start_provisioned_with(
         &[],
         &[
             (&["clients:read"], &[]),
@@ -158,7 +82,7 @@ fn errors_before_the_upgrade() {
         ("/ws/events?token=nope", vec![], 401, "Invalid token"),
         (
             "/ws/events",
-            vec![("x-api-key", &env.keys.keys[1])],
+            vec![("x-api-key", &env.keys.extra_keys[0])],
             403,
             "API key lacks required scope: events:subscribe",
         ),
@@ -170,7 +94,7 @@ fn errors_before_the_upgrade() {
         ),
         (
             &world_path,
-            vec![("x-api-key", &env.keys.keys[2])],
+            vec![("x-api-key", &env.keys.extra_keys[1])],
             403,
             "API key is not authorized for this client",
         ),
@@ -188,7 +112,7 @@ fn errors_before_the_upgrade() {
 
 #[test]
 fn every_way_to_present_the_key() {
-    let env = Env::start(&[], &[]);
+    let env = start_provisioned_with(&[], &[]);
     let addr = env.relay.addr();
     let key = env.key().to_string();
     let bearer = format!("Bearer {key}");
@@ -212,7 +136,7 @@ fn every_way_to_present_the_key() {
 #[test]
 fn origin_allow_list() {
     // Empty list: same origin only. No Origin: allowed (the token protects).
-    let env = Env::start(&[], &[]);
+    let env = start_provisioned_with(&[], &[]);
     let addr = env.relay.addr();
     let key = env.key().to_string();
     let same = format!("http://{addr}");
@@ -230,7 +154,7 @@ fn origin_allow_list() {
     let r = refused(ok(Some("null")));
     assert_eq!(r.status, 403);
 
-    let env = Env::start(
+    let env = start_provisioned_with(
         &[
             "--allowed-ws-origins",
             "https://app.example, https://b.example",
@@ -256,7 +180,7 @@ fn origin_allow_list() {
 
 #[test]
 fn upgrade_rate_limit() {
-    let env = Env::start(&["--ws-upgrade-rate-limit", "3"], &[]);
+    let env = start_provisioned_with(&["--ws-upgrade-rate-limit", "3"], &[]);
     let addr = env.relay.addr();
     for _ in 0..3 {
         assert!(ws_connect(addr, "/ws/events", &[("x-api-key", env.key())]).is_ok());
@@ -276,7 +200,7 @@ fn upgrade_rate_limit() {
 
 #[test]
 fn first_message_must_be_subscribe_within_the_timeout() {
-    let env = Env::start(&["--auth-timeout", "300ms"], &[]);
+    let env = start_provisioned_with(&["--auth-timeout", "300ms"], &[]);
     let mut c = env.open("/ws/events");
     c.send_json(&json!({"type": "ping"})).expect("send");
     assert_eq!(
@@ -297,7 +221,7 @@ fn first_message_must_be_subscribe_within_the_timeout() {
 
 #[test]
 fn snapshot_events_resubscribe_and_ping() {
-    let env = Env::start(&[], &[]);
+    let env = start_provisioned_with(&[], &[]);
     let w = env.world();
     let (mut c, snap) = env.subscribed(
         "/ws/events",
@@ -343,7 +267,7 @@ fn snapshot_events_resubscribe_and_ping() {
 
 #[test]
 fn world_notices() {
-    let env = Env::start(&[], &[]);
+    let env = start_provisioned_with(&[], &[]);
     let (mut c, snap) = env.subscribed("/ws/events", subscribe(json!(["all"])));
     assert_eq!(snap["state"]["worlds"], json!([]));
     let mut w = env.world();
@@ -359,7 +283,7 @@ fn world_notices() {
 
 #[test]
 fn same_client_id_replaces_the_older_socket() {
-    let env = Env::start(&[], &[]);
+    let env = start_provisioned_with(&[], &[]);
     let w = env.world();
     let id = env.keys.client_id.clone();
     let sub = json!({"type": "subscribe", "client_id": id, "events": ["hooks"]});
@@ -383,7 +307,7 @@ fn same_client_id_replaces_the_older_socket() {
 
 #[test]
 fn oversize_client_frame_closes_1009() {
-    let env = Env::start(&[], &[]);
+    let env = start_provisioned_with(&[], &[]);
     let (mut c, _) = env.subscribed("/ws/events", subscribe(json!([])));
     let big = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(4096));
     c.send_text(&big).expect("send");
@@ -398,7 +322,7 @@ fn oversize_client_frame_closes_1009() {
 
 #[test]
 fn slow_consumer_is_dropped_and_others_keep_receiving() {
-    let env = Env::start(&["--events-max-queue-messages", "16"], &[]);
+    let env = start_provisioned_with(&["--events-max-queue-messages", "16"], &[]);
     let w = env.world();
     let (mut slow, _) = env.subscribed("/ws/events", subscribe(json!(["hooks"])));
     let (mut good, _) = env.subscribed("/ws/events", subscribe(json!(["hooks"])));

@@ -204,16 +204,12 @@ fn a_reconnect_from_the_same_host_replaces_the_old_link() {
 
 #[test]
 fn unknown_messages_are_ignored_and_never_echoed() {
-    let dir = TempDir::new("data");
-    let keys = provision(dir.path());
-    let (id2, tok2) = {
-        let mut store = open_store(dir.path());
+    let (p, (id2, tok2)) = start_provisioned_edited(&[], |st, _| {
         let id = "fvtt_00000000000000c2".to_string();
-        let (_, tok) = store.state_mut().create_connection_token(&id, 1);
-        store.save().expect("save");
+        let (_, tok) = st.create_connection_token(&id, 1);
         (id, tok)
-    };
-    let relay = Relay::start_in(dir.path(), &[]);
+    });
+    let (relay, keys) = (&p.relay, &p.keys);
     let a = FakeWorld::online(relay.addr(), &keys.client_id, &keys.token);
     let b = FakeWorld::online(relay.addr(), &id2, &tok2);
     // Each world pings once after auth-success; let that pong arrive first.
@@ -286,17 +282,4 @@ fn sigterm_closes_the_module_with_1001() {
     let (code, reason) = ws.recv_close(secs(10)).expect("a close frame");
     assert_eq!(code, 1001, "reason {reason:?}");
     assert!(p.relay.wait_exit(secs(10)).is_some(), "relay did not exit");
-}
-
-/// Open the data dir's store. Another test spawning a relay can hold a copy of the lock's
-/// file description between its fork and exec, so a moment's retry is expected.
-fn open_store(dir: &std::path::Path) -> fvtt_relay::store::Store {
-    let deadline = std::time::Instant::now() + secs(5);
-    loop {
-        match fvtt_relay::store::Store::open(dir) {
-            Ok(s) => return s,
-            Err(e) if std::time::Instant::now() >= deadline => panic!("store: {e:?}"),
-            Err(_) => std::thread::sleep(millis(20)),
-        }
-    }
 }

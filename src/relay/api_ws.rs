@@ -43,7 +43,7 @@ use serde_json::{json, Map, Value};
 
 use super::events::Subscriber;
 use super::hub::{Channel, CountUpdate, Filters, Replay, ResumePoint, Transport};
-use super::io::{Action, Bytes, Endpoint, Timer};
+use super::io::{Action, Bytes, Endpoint};
 use super::pending::Caller;
 use super::rest::presented_key;
 use super::{Relay, Role};
@@ -576,10 +576,7 @@ impl Relay {
         });
         match token {
             Some(t) => self.api_authenticate(conn, &t, None, now, out),
-            None => out.push(Action::Arm {
-                at: now + self.cfg.auth_timeout,
-                timer: Timer::Auth(conn),
-            }),
+            None => self.arm_auth_timeout(conn, now, out),
         }
     }
 
@@ -925,22 +922,12 @@ impl Relay {
         let body = module_request(ws_type, msg, &relay_id, &scopes, user_id.as_deref());
         let deadline = now + self.cfg.ws_api_request_timeout;
         debug!("{conn}: ws {ws_type} -> {world} as {relay_id}");
-        let serial = self.pending.insert(
-            relay_id,
-            Caller::WsApi {
-                conn,
-                client_request_id: request_id,
-                ws_type: ws_type.to_string(),
-            },
-            &world,
-            link,
-            deadline,
-        );
-        self.send_to_world(link, body, out);
-        out.push(Action::Arm {
-            at: deadline,
-            timer: Timer::Request(serial),
-        });
+        let caller = Caller::WsApi {
+            conn,
+            client_request_id: request_id,
+            ws_type: ws_type.to_string(),
+        };
+        self.dispatch_to_world((&world, link), relay_id, caller, body, deadline, out);
     }
 
     /// `{"type":"subscribe","channel","filters"?,"since"?}` (relay-protocol.md §4.5).
@@ -1047,7 +1034,7 @@ mod tests {
     use crate::auth::NewKey;
     use crate::config::Config;
     use crate::http::request::{BodyKind, Header, Method};
-    use crate::relay::io::Input;
+    use crate::relay::io::{Input, Timer};
     use crate::relay::Clock;
     use crate::store::State;
     use std::net::Ipv4Addr;

@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 
 use super::events::Subscriber;
 use super::hub::{EventSelection, Transport};
-use super::io::{Action, Bytes, Endpoint, Timer};
+use super::io::{Action, Bytes, Endpoint};
 use super::rest::{normalize_path, presented_key};
 use super::{Relay, Role};
 use crate::auth::Principal;
@@ -204,10 +204,7 @@ impl Relay {
             conn,
             endpoint: Endpoint::Events,
         });
-        out.push(Action::Arm {
-            at: now + self.cfg.auth_timeout,
-            timer: Timer::Auth(conn),
-        });
+        self.arm_auth_timeout(conn, now, out);
     }
 
     /// A text message on a gateway socket. Only `subscribe` and `ping` have an effect.
@@ -382,7 +379,7 @@ impl Relay {
 mod tests {
     use super::*;
     use crate::relay::events::harness::*;
-    use crate::relay::io::Input;
+    use crate::relay::io::{Input, Timer};
 
     type Headers<'a> = Vec<(&'a str, &'a str)>;
     type HeaderSlice<'a> = &'a [(&'a str, &'a str)];

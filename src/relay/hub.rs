@@ -667,6 +667,25 @@ struct Sub {
     filters: Filters,
 }
 
+impl Sub {
+    /// One world's one channel: what an SSE stream or a `/ws/api` subscription holds.
+    fn one_channel(
+        conn: ConnId,
+        transport: Transport,
+        world: &str,
+        channel: Channel,
+        filters: Filters,
+    ) -> Sub {
+        Sub {
+            conn,
+            transport,
+            world: Some(world.to_owned()),
+            channels: EventSelection::none().with(channel),
+            filters,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct WorldState {
     /// Last sequence number given out; 0 before the first event.
@@ -738,13 +757,13 @@ impl Hub {
         filters: Filters,
         bound_user_id: Option<&str>,
     ) -> (SubId, Vec<CountUpdate>) {
-        self.add(Sub {
+        self.add(Sub::one_channel(
             conn,
-            transport: Transport::Sse,
-            world: Some(world.to_owned()),
-            channels: EventSelection::none().with(channel),
-            filters: filters.bind_user(bound_user_id),
-        })
+            Transport::Sse,
+            world,
+            channel,
+            filters.bind_user(bound_user_id),
+        ))
     }
 
     /// Subscribe a `/ws/api` socket to one world's channel, at most once per channel. The
@@ -765,13 +784,13 @@ impl Hub {
         if dup {
             return Err(SubscribeError::Duplicate);
         }
-        Ok(self.add(Sub {
+        Ok(self.add(Sub::one_channel(
             conn,
-            transport: Transport::WsApi,
-            world: Some(world.to_owned()),
-            channels: EventSelection::none().with(channel),
-            filters: filters.bind_user(bound_user_id),
-        }))
+            Transport::WsApi,
+            world,
+            channel,
+            filters.bind_user(bound_user_id),
+        )))
     }
 
     /// Set a `/ws/events` socket's subscription (`world` `None` = every world), replacing the

@@ -88,10 +88,7 @@ impl Relay {
             conn,
             endpoint: Endpoint::Module,
         });
-        out.push(Action::Arm {
-            at: now + self.cfg.auth_timeout,
-            timer: Timer::Auth(conn),
-        });
+        self.arm_auth_timeout(conn, now, out);
     }
 
     /// The first message on a module link must be `{"type":"auth","token":…}`.
@@ -409,12 +406,29 @@ impl Relay {
         self.publish_event(&world, kind, data, now, out);
     }
 
-    /// Send a forwarded request (pre-serialized) to a world's link.
-    pub(crate) fn send_to_world(&mut self, link: ConnId, msg: Vec<u8>, out: &mut Vec<Action>) {
+    /// Forward a request (pre-serialized, carrying `request_id`) to `world`'s `link`: the
+    /// waiter goes into `pending` before the request leaves, and gets its own deadline timer
+    /// (not a global sweeper: api-surface.md bug 2).
+    pub(crate) fn dispatch_to_world(
+        &mut self,
+        (world, link): (&str, ConnId),
+        request_id: String,
+        caller: Caller,
+        msg: Vec<u8>,
+        deadline: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let serial = self
+            .pending
+            .insert(request_id, caller, world, link, deadline);
         self.metrics.forwarded_requests += 1;
         out.push(Action::Text {
             conn: link,
             payload: Bytes::Owned(msg),
+        });
+        out.push(Action::Arm {
+            at: deadline,
+            timer: Timer::Request(serial),
         });
     }
 }

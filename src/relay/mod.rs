@@ -203,6 +203,15 @@ impl Relay {
         }
     }
 
+    /// Give a just-accepted socket `--auth-timeout` to authenticate; `on_timer` closes it
+    /// (with its endpoint's code) if it has not by then.
+    pub(crate) fn arm_auth_timeout(&self, conn: ConnId, now: Instant, out: &mut Vec<Action>) {
+        out.push(Action::Arm {
+            at: now + self.cfg.auth_timeout,
+            timer: Timer::Auth(conn),
+        });
+    }
+
     fn on_timer(&mut self, t: Timer, now: Instant, out: &mut Vec<Action>) {
         match t {
             Timer::Auth(conn) => match self.roles.get(&conn) {

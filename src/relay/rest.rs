@@ -12,7 +12,7 @@ use log::debug;
 use serde_json::{json, Map, Value};
 
 use super::forward::{self, ParamError};
-use super::io::{Action, Timer};
+use super::io::Action;
 use super::pending::{Caller, Waiter};
 use super::Relay;
 use crate::auth::{AuthError, Principal};
@@ -397,22 +397,12 @@ impl Relay {
         .min(self.cfg.max_request_timeout);
         let deadline = now + timeout;
         debug!("{conn}: {} -> {world} as {request_id}", route.pattern);
-        let serial = self.pending.insert(
-            request_id,
-            Caller::Http {
-                conn,
-                route: route_idx,
-                query,
-            },
-            &world,
-            link,
-            deadline,
-        );
-        self.send_to_world(link, msg, out);
-        out.push(Action::Arm {
-            at: deadline,
-            timer: Timer::Request(serial),
-        });
+        let caller = Caller::Http {
+            conn,
+            route: route_idx,
+            query,
+        };
+        self.dispatch_to_world((&world, link), request_id, caller, msg, deadline, out);
     }
 
     /// The module answered a waiter.

@@ -1,6 +1,7 @@
 //! Encodings the tests need on the client side: base64 (RFC 4648 §4), the
 //! `application/x-www-form-urlencoded` serializer that `URLSearchParams` uses
-//! (WHATWG URL §5.2), and the WebSocket accept key (RFC 6455 §1.3).
+//! (WHATWG URL §5.2), the WebSocket accept key (RFC 6455 §1.3), and raw masked client
+//! frames (RFC 6455 §5.2) for tests that write to a socket byte by byte.
 //!
 //! Written here, independently of `src/enc.rs`, so a bug in the relay's codec cannot
 //! hide behind the same bug in the test client.
@@ -133,4 +134,22 @@ pub fn ws_random_key() -> String {
         nonce = t.to_le_bytes();
     }
     base64_encode(&nonce)
+}
+
+/// A masked client frame (zero mask key, so the payload is sent as is; RFC 6455 §5.3).
+pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x80 | opcode];
+    let n = payload.len();
+    if n < 126 {
+        f.push(0x80 | n as u8);
+    } else if n <= 0xffff {
+        f.push(0x80 | 126);
+        f.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        f.push(0x80 | 127);
+        f.extend_from_slice(&(n as u64).to_be_bytes());
+    }
+    f.extend_from_slice(&[0, 0, 0, 0]);
+    f.extend_from_slice(payload);
+    f
 }

@@ -232,6 +232,14 @@ impl HttpConn {
         })
     }
 
+    /// `connect` to `relay`, panicking on failure (a test cannot go on without it).
+    pub fn to(relay: &super::server::Relay) -> HttpConn {
+        match HttpConn::connect(relay.addr()) {
+            Ok(c) => c,
+            Err(e) => panic!("connect: {e}"),
+        }
+    }
+
     pub fn stream(&self) -> &TcpStream {
         &self.stream
     }

@@ -107,6 +107,23 @@ impl Relay {
         }
     }
 
+    /// `start_in`, retried while the dir is "in use by another" process. The test process
+    /// holds the store's lock fd while `provision` runs, and a relay spawned by a parallel
+    /// test can inherit it between its fork and exec; the relay waits 500 ms for a busy
+    /// lock itself (`store::LOCK_PATIENCE`), and this covers a loaded machine.
+    pub fn start_in_when_free(dir: &Path, args: &[&str]) -> Relay {
+        for _ in 0..20 {
+            match Relay::spawn(dir, args, &[]) {
+                Ok(r) => return r,
+                Err(f) if f.stderr.contains("in use by another") => {
+                    thread::sleep(Duration::from_millis(100))
+                }
+                Err(f) => panic!("fvtt-relay did not start: {f:?}"),
+            }
+        }
+        panic!("fvtt-relay did not start: {} stayed locked", dir.display());
+    }
+
     /// Like `start_in`, with extra environment variables, returning the failure instead of
     /// panicking (for tests that expect a refusal, e.g. exit 2 on a bad flag).
     pub fn try_start_in(
