@@ -311,6 +311,9 @@ options! {
         ws_api_request_timeout: Duration = duration("30s"), "time";
         /// Requests one /ws/api connection may have in flight at once.
         ws_api_max_inflight: usize = count("100"), "requests";
+        /// /ws/api event subscriptions per world, over all sockets and channels (the
+        /// reference's cap, relay-protocol.md §4.5).
+        ws_api_max_subscriptions: usize = count("10"), "subscriptions";
         /// SSE streams per (world, channel).
         sse_max_per_channel: usize = count("10"), "streams";
         /// Interval between SSE keepalive comments, so proxies keep idle streams open.
@@ -971,6 +974,7 @@ mod tests {
             max_request_timeout: secs(45),
             ws_api_request_timeout: secs(30),
             ws_api_max_inflight: 100,
+            ws_api_max_subscriptions: 10,
             sse_max_per_channel: 10,
             sse_keepalive: secs(15),
             sse_retry: secs(3),

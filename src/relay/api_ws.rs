@@ -153,10 +153,6 @@ const FORWARDABLE: &[(&str, &str)] = &[
     ("world-info", "world:info"),
 ];
 
-/// `/ws/api` event subscriptions per world, all sockets and channels together (the
-/// reference's cap, relay-protocol.md §4.5).
-const MAX_SUBS_PER_WORLD: usize = 10;
-
 /// Types whose module handler reads `format` (module-protocol.md §3.5), so it is kept.
 const KEEPS_FORMAT: [&str; 2] = ["sheet-screenshot", "scene-screenshot"];
 
@@ -960,7 +956,7 @@ impl Relay {
         };
         let world = auth.world.clone();
         let user = auth.user_id.clone();
-        if self.hub.ws_api_count(&world) >= MAX_SUBS_PER_WORLD {
+        if self.hub.ws_api_count(&world) >= self.cfg.ws_api_max_subscriptions {
             return self.api_send(conn, &error_msg(MAX_SUBS, rid), out);
         }
         let (sub, updates) =
@@ -1860,7 +1856,7 @@ mod tests {
         let mut n = 0;
         'outer: for c in &socks {
             for ch in Channel::ALL {
-                if n == MAX_SUBS_PER_WORLD {
+                if n == Config::default().ws_api_max_subscriptions {
                     break 'outer;
                 }
                 let out = h.send(*c, json!({"type":"subscribe","channel":ch.as_str()}));
