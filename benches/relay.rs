@@ -55,7 +55,7 @@ const HIST_US: usize = 200_000;
 /// The WebSocket key of every bench upgrade (RFC 6455 §4.1 only asks for 16 base64 bytes).
 const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 /// Flags that keep the relay's abuse limits out of the way of a benchmark from one IP.
-const RELAY_FLAGS: [&str; 14] = [
+const RELAY_FLAGS: [&str; 16] = [
     "--max-connections",
     "40000",
     "--max-connections-per-ip",
