@@ -143,6 +143,8 @@ pub struct Conn {
     pub wr_shut: bool,
     /// The `Sec-WebSocket-Accept` value of an upgrade the relay is deciding on.
     pub pending_accept: Option<String>,
+    /// Already on the loop's flush list for this turn.
+    pub on_dirty_list: bool,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -188,6 +190,7 @@ impl Conn {
             eof: false,
             wr_shut: false,
             pending_accept: None,
+            on_dirty_list: false,
         }
     }
 
