@@ -652,8 +652,10 @@ pub fn ws_settings(
             WsLimits {
                 max_message: cfg.module_max_message,
                 max_frame: cfg.module_max_frame,
-                // A few links carrying multi-MB base64 files: read big.
-                read_chunk: 64 * 1024,
+                // NOTE: tungstenite zero-fills up to a whole chunk before every read of its
+                // input (`FrameCodec::read_in`), so a big chunk costs a big memset per small
+                // message; 4 KiB keeps that small and large messages still stream through.
+                read_chunk: 4096,
             },
             Some(cfg.module_ping_interval),
             Some(cfg.module_idle_timeout),
@@ -682,7 +684,7 @@ pub fn ws_settings(
             WsLimits {
                 max_message: cfg.echo_max_message,
                 max_frame: cfg.echo_max_message,
-                read_chunk: 64 * 1024,
+                read_chunk: 4096,
             },
             None,
             None,
