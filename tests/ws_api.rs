@@ -432,6 +432,20 @@ fn forbidden_scripts_are_screened_like_http() {
 }
 
 #[test]
+fn replies_are_typed_after_the_request_like_the_reference() {
+    let s = setup(&[]);
+    let world = s.world();
+    world.set_error("last-round", Some("No active encounter"));
+    let mut c = s.client(s.key());
+    send(&mut c, json!({"type": "last-round", "requestId": "lr"}));
+    let r = reply(&mut c, "lr");
+    // The module answers a failed last-round as `encounter-navigation`; /ws/api clients
+    // wait for `last-round-result`, as the reference sends.
+    assert_eq!(r["type"], "last-round-result", "{r}");
+    assert_eq!(r["error"], "No active encounter", "{r}");
+}
+
+#[test]
 fn offline_world_and_timeout() {
     let s = setup(&["--ws-api-request-timeout", "1s"]);
     let mut world = s.world();

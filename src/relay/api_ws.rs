@@ -393,19 +393,26 @@ fn skip_value(s: &[u8], mut i: usize) -> Option<usize> {
     }
 }
 
-/// The module's reply with its top-level `requestId` and `clientId` set to ours, every
-/// other byte untouched: the reply is spliced, never re-serialized, so a multi-megabyte
-/// `download-file` payload is copied once and not parsed into a tree. Missing keys are
-/// added before the closing brace. `None` if `text` is not a JSON object.
-fn rewrite_reply(text: &str, request_id: &Value, client_id: &str) -> Option<Vec<u8>> {
+/// The module's reply with its top-level `requestId` and `clientId` set to ours (and, with
+/// `reply_type`, its `type`), every other byte untouched: the reply is spliced, never
+/// re-serialized, so a multi-megabyte `download-file` payload is copied once and not parsed
+/// into a tree. Missing keys are added before the closing brace. `None` if `text` is not a
+/// JSON object.
+fn rewrite_reply(
+    text: &str,
+    request_id: &Value,
+    client_id: &str,
+    reply_type: Option<&str>,
+) -> Option<Vec<u8>> {
     let s = text.as_bytes();
     let mut i = skip_ws(s, 0);
     if s.get(i) != Some(&b'{') {
         return None;
     }
     i = skip_ws(s, i + 1);
-    // Value spans of the two keys (every occurrence, should the module repeat one).
-    let mut spans: Vec<(usize, usize, bool)> = Vec::new();
+    // Value spans of the keys we set (every occurrence, should the module repeat one):
+    // 0 = requestId, 1 = clientId, 2 = type.
+    let mut spans: Vec<(usize, usize, usize)> = Vec::new();
     let mut members = 0usize;
     let close = if s.get(i) == Some(&b'}') {
         i
@@ -427,8 +434,9 @@ fn rewrite_reply(text: &str, request_id: &Value, client_id: &str) -> Option<Vec<
             let v_start = skip_ws(s, i + 1);
             let v_end = skip_value(s, v_start)?;
             match &*key {
-                b"requestId" => spans.push((v_start, v_end, true)),
-                b"clientId" => spans.push((v_start, v_end, false)),
+                b"requestId" => spans.push((v_start, v_end, 0)),
+                b"clientId" => spans.push((v_start, v_end, 1)),
+                b"type" if reply_type.is_some() => spans.push((v_start, v_end, 2)),
                 _ => {}
             }
             members += 1;
@@ -443,25 +451,28 @@ fn rewrite_reply(text: &str, request_id: &Value, client_id: &str) -> Option<Vec<
     if skip_ws(s, close + 1) != s.len() {
         return None;
     }
-    let rid = request_id.to_string();
-    let cid = Value::String(client_id.to_string()).to_string();
-    let mut out = Vec::with_capacity(s.len() + rid.len() + cid.len() + 32);
+    let values = [
+        request_id.to_string(),
+        Value::String(client_id.to_string()).to_string(),
+        reply_type
+            .map(|t| Value::String(t.to_string()).to_string())
+            .unwrap_or_default(),
+    ];
+    let mut out = Vec::with_capacity(s.len() + values.iter().map(String::len).sum::<usize>() + 48);
     let mut at = 0;
-    for &(start, end, is_rid) in &spans {
+    for &(start, end, which) in &spans {
         out.extend_from_slice(s.get(at..start)?);
-        out.extend_from_slice(if is_rid {
-            rid.as_bytes()
-        } else {
-            cid.as_bytes()
-        });
+        out.extend_from_slice(values.get(which)?.as_bytes());
         at = end;
     }
     out.extend_from_slice(s.get(at..close)?);
     let mut sep = members > 0;
-    for (present, key, val) in [
-        (spans.iter().any(|x| x.2), "requestId", &rid),
-        (spans.iter().any(|x| !x.2), "clientId", &cid),
-    ] {
+    for (which, key) in ["requestId", "clientId", "type"].iter().enumerate() {
+        if which == 2 && reply_type.is_none() {
+            continue;
+        }
+        let present = spans.iter().any(|x| x.2 == which);
+        let val = &values[which];
         if !present {
             if sep {
                 out.push(b',');
@@ -666,11 +677,15 @@ impl Relay {
         &mut self,
         conn: ConnId,
         client_request_id: Value,
+        ws_type: &str,
         world: &str,
         text: String,
         out: &mut Vec<Action>,
     ) {
-        let payload = match rewrite_reply(&text, &client_request_id, world) {
+        // The reply keeps the module's fields but is typed `<t>-result` like the reference's
+        // (the module's failed `last-round` answers as `encounter-navigation`).
+        let reply_type = format!("{ws_type}-result");
+        let payload = match rewrite_reply(&text, &client_request_id, world, Some(&reply_type)) {
             Some(p) => p,
             None => {
                 // Not an object (the world link accepted any JSON with a requestId): wrap it.
@@ -1244,7 +1259,7 @@ mod tests {
             ("", None),
         ];
         for (input, want) in cases {
-            let got = rewrite_reply(input, &rid, "fvtt_w")
+            let got = rewrite_reply(input, &rid, "fvtt_w", None)
                 .map(|b| String::from_utf8_lossy(&b).into_owned());
             assert_eq!(got.as_deref(), *want, "{input}");
             if let Some(out) = &got {
@@ -1253,8 +1268,24 @@ mod tests {
                 assert_eq!(v["clientId"], "fvtt_w", "{out}");
             }
         }
+        // With a reply type, `type` is set (replaced, or added when missing).
+        let got = rewrite_reply(
+            r#"{"type":"encounter-navigation","requestId":"x","error":"e"}"#,
+            &rid,
+            "w",
+            Some("last-round-result"),
+        );
+        assert_eq!(
+            got.as_deref(),
+            Some(&br#"{"type":"last-round-result","requestId":"client-7","error":"e","clientId":"w"}"#[..])
+        );
+        let got = rewrite_reply(r#"{"requestId":"x"}"#, &rid, "w", Some("roll-result"));
+        assert_eq!(
+            got.as_deref(),
+            Some(&br#"{"requestId":"client-7","clientId":"w","type":"roll-result"}"#[..])
+        );
         // A numeric or object requestId of the caller is echoed as it was sent.
-        let got = rewrite_reply(r#"{"requestId":"x"}"#, &json!({"n":1}), "w");
+        let got = rewrite_reply(r#"{"requestId":"x"}"#, &json!({"n":1}), "w", None);
         assert_eq!(
             got.as_deref(),
             Some(&br#"{"requestId":{"n":1},"clientId":"w"}"#[..])

@@ -433,8 +433,8 @@ impl Relay {
             Caller::WsApi {
                 conn,
                 client_request_id,
-                ..
-            } => self.deliver_ws_api_reply(conn, client_request_id, &w.world, text, out),
+                ws_type,
+            } => self.deliver_ws_api_reply(conn, client_request_id, &ws_type, &w.world, text, out),
         }
     }
 
