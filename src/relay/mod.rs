@@ -74,7 +74,8 @@ pub(crate) enum Role {
 pub struct Relay {
     pub(crate) cfg: Config,
     pub(crate) state: State,
-    pub(crate) routes: RouteTable,
+    /// Shared so a handler can hold a route while it mutates the relay (no per-request clone).
+    pub(crate) routes: std::rc::Rc<RouteTable>,
     pub(crate) worlds: Worlds,
     pub(crate) pending: Pending,
     pub(crate) req_ids: RequestIds,
@@ -106,7 +107,7 @@ impl Relay {
             gateway: gateway::Gateway::new(&cfg),
             cfg,
             state,
-            routes: RouteTable::builtin(),
+            routes: std::rc::Rc::new(RouteTable::builtin()),
             worlds: Worlds::new(),
             pending: Pending::new(),
             req_ids: RequestIds::new(),

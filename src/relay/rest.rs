@@ -155,7 +155,10 @@ impl Relay {
                 return;
             }
         };
-        let route = self.routes.routes()[route_idx].clone();
+        let routes = std::rc::Rc::clone(&self.routes);
+        let Some(route) = routes.routes().get(route_idx) else {
+            return;
+        };
         let now_ms = self.clock.ms(now);
         let caller = match self.authenticate_route(head, route.kind, now_ms) {
             Ok(c) => c,
@@ -184,7 +187,7 @@ impl Relay {
             Kind::Forward | Kind::Binary => self.forward_http(
                 conn,
                 route_idx,
-                &route,
+                route,
                 head,
                 body,
                 path_params,
@@ -199,8 +202,8 @@ impl Relay {
                     "Headless sessions are not supported by fvtt-relay",
                 )),
             }),
-            Kind::Local => self.local_route(conn, &route, head, &caller, now, out),
-            Kind::Sse => self.sse_route(conn, &route, head, &caller, now, out),
+            Kind::Local => self.local_route(conn, route, head, &caller, now, out),
+            Kind::Sse => self.sse_route(conn, route, head, &caller, now, out),
             Kind::Auth | Kind::Admin => out.push(Action::Respond {
                 conn,
                 resp: self.cors(Response::error(404, "Not found")),
