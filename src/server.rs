@@ -860,6 +860,10 @@ impl Server {
             c.outq
                 .push_slice(b"event: error\ndata: {\"error\":\"Slow consumer\"}\n\n");
             c.begin_close(now);
+        } else if kind == SlowKind::Module {
+            // 1008 would make the module forget its token and need re-pairing
+            // (module-protocol.md §1.6); an overloaded link is transient: 1013, it reconnects.
+            c.close_with(&WsClose::OVERLOADED, now);
         } else {
             c.close_with(&WsClose::SLOW_CONSUMER, now);
         }

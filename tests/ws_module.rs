@@ -283,3 +283,66 @@ fn sigterm_closes_the_module_with_1001() {
     assert_eq!(code, 1001, "reason {reason:?}");
     assert!(p.relay.wait_exit(secs(10)).is_some(), "relay did not exit");
 }
+
+#[test]
+fn an_overloaded_world_link_is_closed_1013_never_1008() {
+    // A queue towards the world of at most 1 MiB, and a module that stops reading.
+    let p = start_provisioned(&[
+        "--module-max-message",
+        "1M",
+        "--module-max-frame",
+        "1M",
+        "--module-outq-hard-bytes",
+        "1M",
+        "--outq-soft-bytes",
+        "256K",
+        "--close-linger",
+        "10s",
+        "--rate-limit-per-minute",
+        "100000",
+    ]);
+    let path = format!("/relay?{}", relay_query(&p.keys.client_id));
+    let mut ws = raw_module(&p, &path);
+    let slow_modules = || {
+        get(
+            p.relay.addr(),
+            "/metrics",
+            &[("x-api-key", p.keys.admin_key.as_str())],
+        )
+        .text()
+        .lines()
+        .find_map(|l| l.strip_prefix("fvtt_relay_slow_consumers_total{transport=\"module\"} "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+    };
+    // Uploads of 200 KiB each travel as ~270 KiB JSON messages: a few fill the queue once
+    // the socket buffers are full, because the module does not read.
+    let body = vec![b'u'; 200 * 1024];
+    let deadline = Instant::now() + secs(30);
+    let mut cut = false;
+    while Instant::now() < deadline {
+        let mut conn = HttpConn::to(&p.relay);
+        let raw = build_request(
+            "POST",
+            "/upload?path=x&filename=f.bin",
+            &p.relay.addr().to_string(),
+            &[
+                ("x-api-key", p.keys.api_key.as_str()),
+                ("content-type", "application/octet-stream"),
+                ("connection", "close"),
+            ],
+            Some(&body),
+        );
+        let _ = conn.send(&raw);
+        drop(conn);
+        if slow_modules() == 1 {
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "the link that never reads was never cut off");
+    // Reading now (within the linger) drains the queued frames and then the close: a
+    // transient code, so the module reconnects by itself; 1008 would erase its token.
+    let close = ws.recv_close(secs(10));
+    assert_eq!(close.as_ref().map(|c| c.0), Some(1013), "{close:?}");
+}
