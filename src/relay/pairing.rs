@@ -499,7 +499,12 @@ impl Relay {
             created_ms: now_ms,
             expires_ms: now_ms.saturating_add(ttl_ms),
         });
-        info!("{peer}: pair request {code} opened");
+        // The request code lets its holder collect the pairing code once approved: log only
+        // a prefix, like any secret.
+        info!(
+            "{peer}: pair request {}… opened",
+            code.get(..3).unwrap_or_default()
+        );
         let pair_url = self.base_for(peer, head).http_url(&format!("/pair/{code}"));
         Response::json(
             201,
