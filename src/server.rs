@@ -618,7 +618,11 @@ impl Server {
                         debug!("{id}: binary frame ignored");
                     }
                 }
-                WsEvent::Ping | WsEvent::Pong => {}
+                WsEvent::Ping | WsEvent::Pong => {
+                    if endpoint == Some(Endpoint::Module) {
+                        self.send_to_relay(Input::Alive { conn: id }, now);
+                    }
+                }
                 WsEvent::Closed { code, reason } => {
                     debug!("{id}: peer closed ({code:?} {reason:?})");
                     if let Some(c) = self.conn_mut(id) {
@@ -656,6 +660,7 @@ impl Server {
             Input::Request { conn, .. }
             | Input::Upgrade { conn, .. }
             | Input::WsText { conn, .. }
+            | Input::Alive { conn }
             | Input::Closed { conn } => Some(*conn),
             Input::Timer(_) => None,
         };

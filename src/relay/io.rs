@@ -56,6 +56,9 @@ pub enum Input<'a> {
     },
     /// A complete text message on an accepted WebSocket.
     WsText { conn: ConnId, text: String },
+    /// A control frame (ping or pong) arrived on a world link: it is alive even when the
+    /// module has nothing to say (the duplicate-id rule uses this).
+    Alive { conn: ConnId },
     /// A connection the relay has seen is gone (client left, closed, or dropped by a limit).
     Closed { conn: ConnId },
     /// A relay timer armed with `Action::Arm` is due.

@@ -46,6 +46,10 @@ struct AuthMsg {
     token: Option<String>,
 }
 
+/// A world link silent for a ping interval plus this has missed a ping it would have
+/// answered within milliseconds: a newcomer for its clientId may take over.
+const STALE_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 const EVENT_TYPES: [&str; 6] = [
     "chat-event",
     "roll-data",
@@ -139,8 +143,27 @@ impl Relay {
             }
         };
         // Duplicate check before auth-success (api-surface.md bug 12).
-        match self.worlds.duplicate(&meta.client_id, peer) {
+        let stale_after = self.cfg.module_ping_interval + STALE_MARGIN;
+        match self
+            .worlds
+            .duplicate(&meta.client_id, peer, now, stale_after)
+        {
             Duplicate::None => {}
+            Duplicate::ReplaceStale(old) => {
+                info!(
+                    "{conn} {peer}: {} reconnected from another host; its old link {old} \
+                     missed its pings and is replaced",
+                    meta.client_id
+                );
+                // Transient code: should the old socket be alive after all, its module
+                // reconnects, meets the new link, and waits with 4004 (no flapping).
+                self.module_closed(old, now, out);
+                self.roles.remove(&old);
+                out.push(Action::Close {
+                    conn: old,
+                    close: WsClose::new(1001, "Replaced by a newer connection"),
+                });
+            }
             Duplicate::ReplaceOld(old) => {
                 info!(
                     "{conn} {peer}: {} reconnected; replacing its old link {old}",
@@ -189,6 +212,7 @@ impl Relay {
             connected_since_ms: now_ms,
             last_seen_ms: now_ms,
             users: Value::Null,
+            last_alive: now,
         });
         out.push(Action::Text {
             conn,
@@ -244,6 +268,7 @@ impl Relay {
         let now_ms = self.clock.ms(now);
         if let Some(l) = self.worlds.by_conn_mut(conn) {
             l.last_seen_ms = now_ms;
+            l.last_alive = now;
         }
         let (kind, request_id) = match serde_json::from_str::<Peek>(&text) {
             Ok(p) => (
@@ -430,5 +455,64 @@ impl Relay {
             at: deadline,
             timer: Timer::Request(serial),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::time::Duration;
+
+    use super::super::events::harness::*;
+    use crate::config::Config;
+    use crate::http::request::Method;
+    use crate::relay::io::{Action, Input};
+
+    const OTHER_HOST: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+
+    /// A second link for `WORLD` from another host: upgrade, then auth.
+    fn from_other_host(h: &mut H) -> (crate::ids::ConnId, Vec<Action>) {
+        let conn = h.conn();
+        let mut hd = head(Method::Get, &format!("/relay?id={WORLD}"), &[]);
+        hd.wants_upgrade = true;
+        let mut out = h.input(Input::Upgrade {
+            conn,
+            peer: OTHER_HOST,
+            head: &hd,
+        });
+        let token = h.token.clone();
+        out.extend(h.text(conn, &format!(r#"{{"type":"auth","token":"{token}"}}"#)));
+        (conn, out)
+    }
+
+    #[test]
+    fn a_live_link_keeps_its_slot_a_silent_one_is_replaced() {
+        let mut h = H::new(Config::default());
+        let (old, _) = h.world_online(WORLD);
+        // The old link answers our control pings: a newcomer from elsewhere waits (4004).
+        h.advance(Duration::from_secs(20));
+        h.input(Input::Alive { conn: old });
+        h.advance(Duration::from_secs(20));
+        let (new, out) = from_other_host(&mut h);
+        assert_eq!(
+            close_of(&out, new),
+            Some((4004, "Client ID already connected".into()))
+        );
+        assert_eq!(close_of(&out, old), None);
+        // It then stops answering: past a ping interval (20 s) plus 5 s it counts as dead,
+        // and the next newcomer takes the slot; the old one gets a transient code.
+        h.advance(Duration::from_secs(26));
+        let (newer, out) = from_other_host(&mut h);
+        assert_eq!(close_of(&out, newer), None, "the newcomer is accepted");
+        assert!(bytes_to(&out, newer).contains(r#"{"type":"auth-success"}"#));
+        assert_eq!(
+            close_of(&out, old),
+            Some((1001, "Replaced by a newer connection".into()))
+        );
+        assert_eq!(
+            h.relay.worlds.get(WORLD).map(|l| l.conn),
+            Some(newer),
+            "the world is served by the newcomer"
+        );
     }
 }

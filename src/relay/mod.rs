@@ -188,6 +188,11 @@ impl Relay {
                 Some(Role::Sse) | None => {}
             },
             Input::Closed { conn } => self.on_closed(conn, now, out),
+            Input::Alive { conn } => {
+                if let Some(l) = self.worlds.by_conn_mut(conn) {
+                    l.last_alive = now;
+                }
+            }
             Input::Timer(t) => self.on_timer(t, now, out),
         }
     }

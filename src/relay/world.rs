@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -82,6 +83,9 @@ pub struct Live {
     pub last_seen_ms: u64,
     /// The module's latest `player-list` users array.
     pub users: Value,
+    /// When the link last showed life: any message, or a control frame (the browser answers
+    /// our pings even when the module has nothing to say).
+    pub last_alive: Instant,
 }
 
 impl Live {
@@ -112,6 +116,10 @@ pub enum Duplicate {
     /// Same peer address: the module reconnected after a blip and its old socket is stale;
     /// the newcomer replaces it (relay-protocol.md §1.5, "same host → new wins").
     ReplaceOld(ConnId),
+    /// Another machine holds the slot but its link has missed our last control ping: it is
+    /// a dead socket the kernel has not noticed yet (a GM whose laptop changed networks), so
+    /// the newcomer takes over instead of waiting out the idle timeout.
+    ReplaceStale(ConnId),
     /// Another machine holds the slot: refuse the newcomer with 4004 so it polls every
     /// 30 s (module-protocol.md §6 item 4).
     RejectNew,
@@ -128,10 +136,21 @@ impl Worlds {
         Self::default()
     }
 
-    pub fn duplicate(&self, client_id: &str, peer: IpAddr) -> Duplicate {
+    /// The duplicate-id rule for a newcomer from `peer` at `now`: a link silent for longer
+    /// than `stale_after` (a ping interval plus a margin) counts as dead.
+    pub fn duplicate(
+        &self,
+        client_id: &str,
+        peer: IpAddr,
+        now: Instant,
+        stale_after: Duration,
+    ) -> Duplicate {
         match self.live.get(client_id) {
             None => Duplicate::None,
             Some(l) if l.peer == peer => Duplicate::ReplaceOld(l.conn),
+            Some(l) if now.saturating_duration_since(l.last_alive) > stale_after => {
+                Duplicate::ReplaceStale(l.conn)
+            }
             Some(_) => Duplicate::RejectNew,
         }
     }
@@ -222,7 +241,7 @@ mod tests {
         );
     }
 
-    fn live(id: &str, key: usize, ip: [u8; 4]) -> Live {
+    fn live(id: &str, key: usize, ip: [u8; 4], t: Instant) -> Live {
         Live {
             conn: ConnId { key, gen: 1 },
             meta: Meta {
@@ -233,28 +252,41 @@ mod tests {
             connected_since_ms: 0,
             last_seen_ms: 0,
             users: Value::Null,
+            last_alive: t,
         }
     }
 
     #[test]
     fn duplicate_rule() {
+        let t0 = Instant::now();
+        let stale = Duration::from_secs(25);
         let mut w = Worlds::new();
         let a = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
         let b = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
-        assert_eq!(w.duplicate("x", a), Duplicate::None);
-        w.insert(live("x", 1, [10, 0, 0, 1]));
+        assert_eq!(w.duplicate("x", a, t0, stale), Duplicate::None);
+        w.insert(live("x", 1, [10, 0, 0, 1], t0));
+        let old = ConnId { key: 1, gen: 1 };
+        assert_eq!(w.duplicate("x", a, t0, stale), Duplicate::ReplaceOld(old));
+        assert_eq!(w.duplicate("x", b, t0, stale), Duplicate::RejectNew);
+        let later = t0 + Duration::from_secs(25);
         assert_eq!(
-            w.duplicate("x", a),
-            Duplicate::ReplaceOld(ConnId { key: 1, gen: 1 })
+            w.duplicate("x", b, later, stale),
+            Duplicate::RejectNew,
+            "at the limit"
         );
-        assert_eq!(w.duplicate("x", b), Duplicate::RejectNew);
+        let later = t0 + Duration::from_secs(26);
+        assert_eq!(
+            w.duplicate("x", b, later, stale),
+            Duplicate::ReplaceStale(old)
+        );
     }
 
     #[test]
     fn stale_close_does_not_remove_replacement() {
         let mut w = Worlds::new();
-        w.insert(live("x", 1, [10, 0, 0, 1]));
-        w.insert(live("x", 2, [10, 0, 0, 1]));
+        let t = Instant::now();
+        w.insert(live("x", 1, [10, 0, 0, 1], t));
+        w.insert(live("x", 2, [10, 0, 0, 1], t));
         assert!(w.remove_conn(ConnId { key: 1, gen: 1 }).is_none());
         assert_eq!(w.get("x").map(|l| l.conn.key), Some(2));
         assert!(w.remove_conn(ConnId { key: 2, gen: 1 }).is_some());
