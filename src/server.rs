@@ -254,6 +254,15 @@ impl Server {
             self.reap();
             if let Some(at) = self.shutdown_at {
                 if self.conns.is_empty() || Instant::now() >= at {
+                    // Last-used times wait for a timer that will not fire now: save them.
+                    if self.relay.has_unsaved_bookkeeping() {
+                        if let Err(e) = self.store.save_state(self.relay.state()) {
+                            error!(
+                                "saving {} at shutdown failed: {e}",
+                                self.store.path().display()
+                            );
+                        }
+                    }
                     self.fail_in_flight(Instant::now());
                     info!(
                         "shutdown complete ({} connections left open)",

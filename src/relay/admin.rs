@@ -624,14 +624,8 @@ impl Relay {
     /// listings, and a save per call would wear an SD card).
     pub(crate) fn touch_key(&mut self, idx: usize, now: Instant, out: &mut Vec<Action>) {
         let now_ms = self.clock.ms(now);
-        let stale = self.state.api_keys.get(idx).is_some_and(|k| {
-            k.last_used_ms
-                .is_none_or(|u| now_ms.saturating_sub(u) >= super::pairing::TOUCH_PERSIST_MS)
-        });
         self.state.touch_api_key(idx, now_ms);
-        if stale {
-            out.push(Action::Persist);
-        }
+        self.persist_later(now, out);
     }
 }
 
@@ -699,5 +693,61 @@ mod tests {
         );
         assert!(scopes_from_json(Some(&json!([1]))).is_err());
         assert!(scopes_from_json(Some(&json!({}))).is_err());
+    }
+}
+
+#[cfg(test)]
+mod lazy_persist_tests {
+    use std::time::Duration;
+
+    use crate::config::Config;
+    use crate::relay::events::harness::*;
+    use crate::relay::io::{Action, Input, Timer};
+
+    fn arms(out: &[Action]) -> usize {
+        out.iter()
+            .filter(|a| {
+                matches!(
+                    a,
+                    Action::Arm {
+                        timer: Timer::LazyPersist,
+                        ..
+                    }
+                )
+            })
+            .count()
+    }
+
+    fn persists(out: &[Action]) -> usize {
+        out.iter().filter(|a| matches!(a, Action::Persist)).count()
+    }
+
+    #[test]
+    fn key_use_is_saved_by_a_timer_never_by_the_request() {
+        let mut h = H::new(Config::default());
+        let key = h.api_key.clone();
+        let c = h.conn();
+        let out = h.get(c, "/clients", &[("x-api-key", &key)]);
+        assert_eq!(
+            persists(&out),
+            0,
+            "the request itself never waits for the disk"
+        );
+        assert_eq!(arms(&out), 1);
+        let c = h.conn();
+        let out = h.get(c, "/clients", &[("x-api-key", &key)]);
+        assert_eq!(
+            arms(&out),
+            0,
+            "one timer covers every change until it fires"
+        );
+        assert!(h.relay.has_unsaved_bookkeeping());
+        h.advance(Duration::from_secs(60));
+        let out = h.input(Input::Timer(Timer::LazyPersist));
+        assert_eq!(persists(&out), 1);
+        assert!(!h.relay.has_unsaved_bookkeeping());
+        // Nothing changed since: a stale timer saves nothing.
+        let out = h.input(Input::Timer(Timer::LazyPersist));
+        assert_eq!(persists(&out), 0);
     }
 }

@@ -74,6 +74,8 @@ pub enum Timer {
     Request(u64),
     /// Periodic housekeeping (rate-limit sweeps, expired codes), armed only while needed.
     Sweep,
+    /// Save bookkeeping that changed (last-used times) a while after the first change.
+    LazyPersist,
 }
 
 /// A chunk of bytes for a connection: owned (moved, never copied) or shared across many.

@@ -42,6 +42,9 @@ use io::{Action, Input, Timer};
 use pending::Pending;
 use world::{Meta, Worlds};
 
+/// How long bookkeeping changes wait before they are saved.
+const LAZY_PERSIST: Duration = Duration::from_secs(60);
+
 /// Wall-clock milliseconds derived from the monotonic `now` passed in.
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {
@@ -86,6 +89,8 @@ pub struct Relay {
     pub(crate) hub: Hub,
     /// Counters for `/metrics` (metrics.rs).
     pub(crate) metrics: Metrics,
+    /// Bookkeeping (last-used times) changed and waits for `Timer::LazyPersist`.
+    pub(crate) lazy_dirty: bool,
     pub(crate) clock: Clock,
     pub(crate) started: Instant,
     /// Rate limiters (relay/limits.rs).
@@ -113,6 +118,7 @@ impl Relay {
             req_ids: RequestIds::new(),
             roles: HashMap::new(),
             metrics: Metrics::default(),
+            lazy_dirty: false,
             api: HashMap::new(),
             subs: HashMap::new(),
             clock,
@@ -135,6 +141,10 @@ impl Relay {
             self.metrics.http_requests += 1;
         }
         self.dispatch(input, now, out);
+        if out[first..].iter().any(|a| matches!(a, Action::Persist)) {
+            // A save this turn carries the bookkeeping too.
+            self.lazy_dirty = false;
+        }
         // X-RateLimit-* on the API responses of this turn (relay/limits.rs).
         if let Some(new) = out.get_mut(first..) {
             self.stamp_rate_headers(new);
@@ -149,6 +159,25 @@ impl Relay {
                 }
             }
         }
+    }
+
+    /// Record that bookkeeping changed (a key's or token's last use): it is saved within
+    /// `LAZY_PERSIST`, by a timer, never by the request that caused it, so forwarding never
+    /// waits for the disk (issue 5: "never on the hot path of forwarding").
+    pub(crate) fn persist_later(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if !self.lazy_dirty {
+            self.lazy_dirty = true;
+            out.push(Action::Arm {
+                at: now + LAZY_PERSIST,
+                timer: Timer::LazyPersist,
+            });
+        }
+    }
+
+    /// Whether in-memory bookkeeping is newer than `state.json` (the loop saves it once more
+    /// at shutdown).
+    pub fn has_unsaved_bookkeeping(&self) -> bool {
+        self.lazy_dirty
     }
 
     /// Counters the loop bumps for connection-level outcomes (slow consumers, refusals).
@@ -231,6 +260,12 @@ impl Relay {
             },
             Timer::Request(serial) => self.request_timeout(serial, now, out),
             Timer::Sweep => self.limits.sweep(now),
+            Timer::LazyPersist => {
+                if self.lazy_dirty {
+                    self.lazy_dirty = false;
+                    out.push(Action::Persist);
+                }
+            }
         }
     }
 }

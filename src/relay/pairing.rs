@@ -38,9 +38,6 @@ use crate::store::{KnownWorld, State};
 const MAX_PAIR_REQUESTS: usize = 256;
 /// Length of a pair-request code (the reference's 8 characters, §5.6).
 const REQUEST_CODE_LEN: usize = 8;
-/// A used key or token's last-used time is saved at most this often (per key): a save per
-/// API call would wear an SD card for a value shown only in listings.
-pub(crate) const TOUCH_PERSIST_MS: u64 = 60_000;
 
 /// The owner-side memory of the relay core: admin sessions, pair requests, and which token
 /// each live world link used.
@@ -627,13 +624,8 @@ impl Relay {
             return;
         };
         let id = t.id.clone();
-        let stale = t
-            .last_used_ms
-            .is_none_or(|u| now_ms.saturating_sub(u) >= TOUCH_PERSIST_MS);
         self.state.touch_token(idx, now_ms);
-        if stale {
-            out.push(Action::Persist);
-        }
+        self.persist_later(now, out);
         // Links that are gone leave entries behind; drop them while we are here.
         let roles = &self.roles;
         self.owner.link_tokens.retain(|c, _| roles.contains_key(c));
