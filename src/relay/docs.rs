@@ -51,6 +51,9 @@ pub const OWNER_ROUTES: &[(&str, &str, &str, OwnerAuth)] = &[
     ("GET", "/admin/api/tokens", "World connection tokens", OwnerAuth::Admin),
     ("DELETE", "/admin/api/tokens/{id}", "Revoke a connection token (its world is closed 4002)", OwnerAuth::Admin),
     ("GET", "/admin/api/scopes", "The 32 scopes and the default set", OwnerAuth::Admin),
+    ("PATCH", "/admin/api/tokens/{id}", "Set a connection token's IP allow-list", OwnerAuth::Admin),
+    ("POST", "/admin/api/admin-key/rotate", "Replace the admin key (signs every session out)", OwnerAuth::Admin),
+    ("GET", "/metrics", "Prometheus counters (admin key in x-api-key or Authorization: Bearer)", OwnerAuth::Admin),
 ];
 
 /// Local rows that are WebSocket upgrades: described by the AsyncAPI document.
