@@ -248,9 +248,16 @@ impl Conn {
         }
         let discard = matches!(self.phase, Phase::Sse(_)) || self.closing_since.is_some();
         loop {
-            if total >= cfg.read_budget_bytes || self.inbuf.len() >= cap {
-                // Stopped by us, not by the socket: the edge will not repeat, so remember.
+            if total >= cfg.read_budget_bytes {
+                // Stopped by the budget, not by the socket: the edge will not repeat, so
+                // come back next turn.
                 self.read_pending = true;
+                break;
+            }
+            if self.inbuf.len() >= cap {
+                // Stopped by the buffer cap: nothing can be read until the buffered bytes
+                // are used, and whatever uses them (an answered request: `http_done`) asks
+                // for another read. Retrying every turn would spin (pitfall 10).
                 break;
             }
             let room = (cap - self.inbuf.len()).min(scratch.len());

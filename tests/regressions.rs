@@ -617,3 +617,57 @@ fn cancelled_timers_do_not_spin() {
     assert!(ms < 50, "{ms} ms CPU in 2 s after timers were cancelled");
     assert!(wakeups < 20, "{wakeups} wake-ups in 2 s with nothing due");
 }
+
+// ------------------------------------------------------------------ pitfall 10, again
+
+/// Pitfall 10: a connection whose pipelined requests fill its buffer while the request in
+/// flight waits for the world must sleep, not be retried every turn. (Found in review: the
+/// read cap re-queued the connection as "still readable", so the loop spun with a zero
+/// poll timeout until the world answered.)
+#[test]
+fn pipelined_backlog_behind_a_slow_request_does_not_spin() {
+    let p = start_provisioned(&["--pipeline-buffer-bytes", "4K"]);
+    let world = p.world();
+    world.set_delay("search", millis(3000));
+    let mut c = HttpConn::to(&p.relay);
+    let host = p.relay.addr().to_string();
+    let key = p.keys.api_key.clone();
+    let first = build_request(
+        "GET",
+        "/search?query=slow",
+        &host,
+        &[("x-api-key", &key)],
+        None,
+    );
+    assert!(c.send(&first).is_ok());
+    assert!(world.wait_request("search", secs(5)).is_some());
+    // 64 KiB of pipelined requests behind it: far past the 4 KiB pipeline buffer.
+    let filler = build_request(
+        "GET",
+        "/api/status",
+        &host,
+        &[("x-pad", &"p".repeat(1000))],
+        None,
+    );
+    let mut backlog = Vec::new();
+    while backlog.len() < 64 * 1024 {
+        backlog.extend_from_slice(&filler);
+    }
+    assert!(c.send(&backlog).is_ok());
+    thread::sleep(millis(300));
+    let ms = idle_cpu_ms(p.relay.pid(), millis(1500));
+    assert!(
+        ms < 150,
+        "the relay used {ms} ms CPU in 1.5 s while waiting"
+    );
+    // The answer and every pipelined one still arrive, in order.
+    let r = c.read_response(secs(10)).expect("the slow answer");
+    assert_eq!(r.status, 200);
+    let n = backlog.len() / filler.len();
+    for i in 0..n {
+        let r = c
+            .read_response(secs(10))
+            .unwrap_or_else(|e| panic!("pipelined {i}: {e:?}"));
+        assert_eq!(r.status, 200, "pipelined {i}");
+    }
+}
