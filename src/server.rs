@@ -961,7 +961,12 @@ impl Server {
                     continue;
                 }
                 Ok(Flush::Budget) => self.ready_write(id),
-                Ok(Flush::Blocked) => {}
+                Ok(Flush::Blocked) => {
+                    // Back under the soft limit: the slow-consumer grace starts over.
+                    if c.outq.bytes() <= self.cfg.outq_soft_bytes {
+                        c.outq.soft_since = None;
+                    }
+                }
                 Ok(Flush::Drained) => {
                     c.outq.soft_since = None;
                     if c.closing_since.is_some() {
