@@ -346,3 +346,65 @@ fn an_overloaded_world_link_is_closed_1013_never_1008() {
     let close = ws.recv_close(secs(10));
     assert_eq!(close.as_ref().map(|c| c.0), Some(1013), "{close:?}");
 }
+
+/// A raw module link whose TCP peer looks like `ip` to the relay (it trusts the loopback
+/// proxy's X-Forwarded-For), authenticated.
+fn module_from(p: &ProvisionedRelay, ip: &str) -> (WsClient, Option<(u16, String)>) {
+    let path = format!("/relay?{}", relay_query(&p.keys.client_id));
+    let mut ws = ws_connect(p.relay.addr(), &path, &[("x-forwarded-for", ip)])
+        .unwrap_or_else(|e| panic!("{ip}: {e:?}"));
+    ws.send_json(&json!({"type": "auth", "token": p.keys.token}))
+        .expect("send auth");
+    match ws.recv_json(secs(5)) {
+        Some(v) => {
+            assert_eq!(v, json!({"type": "auth-success"}), "{ip}");
+            (ws, None)
+        }
+        None => {
+            let close = ws.recv_close(secs(5));
+            (ws, close)
+        }
+    }
+}
+
+#[test]
+fn another_host_waits_for_a_live_link_and_replaces_a_dead_one() {
+    // Pings every second: a link silent for 1 s + 5 s counts as dead; the idle drop (30 s)
+    // stays out of the way.
+    let p = start_provisioned(&[
+        "--trust-forwarded",
+        "--module-ping-interval",
+        "1s",
+        "--module-idle-timeout",
+        "30s",
+    ]);
+    // A live link (it reads, so its pongs go back) keeps the slot.
+    let (mut live, refused) = module_from(&p, "10.0.0.1");
+    assert_eq!(refused, None);
+    let t0 = Instant::now();
+    while t0.elapsed() < millis(7000) {
+        let _ = live.recv(millis(200));
+    }
+    let (_, refused) = module_from(&p, "10.0.0.2");
+    assert_eq!(
+        refused,
+        Some((4004, "Client ID already connected".into())),
+        "a live link from another host keeps its slot"
+    );
+    live.close();
+    assert!(wait_for(secs(5), || online_count(&p) == 0));
+
+    // A link that stops reading answers no ping: after 6 s another host takes over.
+    let (mut dead, refused) = module_from(&p, "10.0.0.3");
+    assert_eq!(refused, None);
+    std::thread::sleep(millis(7000));
+    let (_newer, refused) = module_from(&p, "10.0.0.4");
+    assert_eq!(refused, None, "the newcomer replaces the dead link");
+    assert_eq!(online_count(&p), 1);
+    // The old socket was told a transient code (1001), never one that erases its token.
+    assert_eq!(
+        dead.recv_close(secs(10)).map(|c| c.0),
+        Some(1001),
+        "old link's close"
+    );
+}
