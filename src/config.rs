@@ -230,6 +230,11 @@ options! {
         max_headers: usize = count("100"), "headers";
         /// Largest request body; more is refused with 413. Uploads to the world pass here.
         max_body_bytes: usize = size("64M"), "bytes";
+        /// Longest chunk-size line of a chunked body (size plus ignored extensions); more
+        /// is refused with 400.
+        max_chunk_line: usize = size("4K"), "bytes";
+        /// Longest trailer section after a chunked body; more is refused with 431.
+        max_trailer_bytes: usize = size("8K"), "bytes";
         /// Time allowed for a request head to arrive once a connection or request starts
         /// (slowloris guard); then 408 and close.
         head_timeout: Duration = duration("10s"), "time";
@@ -942,6 +947,8 @@ mod tests {
             max_head_bytes: 16 * K,
             max_headers: 100,
             max_body_bytes: 64 * M,
+            max_chunk_line: 4 * K,
+            max_trailer_bytes: 8 * K,
             head_timeout: secs(10),
             keepalive_timeout: secs(60),
             request_body_timeout: secs(60),

@@ -340,7 +340,8 @@ impl Conn {
                             if head.expect_continue && self.inbuf.is_empty() {
                                 self.outq.push_slice(CONTINUE_100);
                             }
-                            let decoder = BodyDecoder::new(&head.body, cfg.max_body_bytes as u64);
+                            let decoder = BodyDecoder::new(&head.body, cfg.max_body_bytes as u64)
+                                .chunk_limits(cfg.max_chunk_line, cfg.max_trailer_bytes);
                             let cap = match head.body {
                                 BodyKind::Length(n) => n.min(1 << 20) as usize,
                                 _ => 0,

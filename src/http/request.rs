@@ -487,11 +487,13 @@ fn expect_continue(head: &Head) -> Result<bool, HttpError> {
     Ok(cont && head.minor_version == 1)
 }
 
-/// Longest chunk-size line (size, extensions) we skip through before refusing, in bytes.
-/// Extensions are ignored, but an endless one must not hold the connection forever.
-const MAX_CHUNK_LINE: usize = 4096;
-/// Longest trailer section (all trailer lines) we skip through before refusing, in bytes.
-const MAX_TRAILER_BYTES: usize = 8192;
+/// Default longest chunk-size line (size, extensions) we skip through before refusing, in
+/// bytes. Extensions are ignored, but an endless one must not hold the connection forever.
+/// The server sets its own from the config (`--max-chunk-line`).
+pub const MAX_CHUNK_LINE: usize = 4096;
+/// Default longest trailer section (all trailer lines) we skip through before refusing, in
+/// bytes (`--max-trailer-bytes`).
+pub const MAX_TRAILER_BYTES: usize = 8192;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ChunkState {
@@ -540,6 +542,9 @@ pub struct BodyDecoder {
     line_bytes: usize,
     /// The chunk size being read.
     size: u64,
+    /// Caps on a chunk-size line and on the trailer section (see `chunk_limits`).
+    max_chunk_line: usize,
+    max_trailer_bytes: usize,
 }
 
 impl BodyDecoder {
@@ -555,7 +560,16 @@ impl BodyDecoder {
             total: 0,
             line_bytes: 0,
             size: 0,
+            max_chunk_line: MAX_CHUNK_LINE,
+            max_trailer_bytes: MAX_TRAILER_BYTES,
         }
+    }
+
+    /// Set the caps on a chunk-size line and on the trailer section (400 / 431 past them).
+    pub fn chunk_limits(mut self, max_chunk_line: usize, max_trailer_bytes: usize) -> Self {
+        self.max_chunk_line = max_chunk_line;
+        self.max_trailer_bytes = max_trailer_bytes;
+        self
     }
 
     /// Consume from `input` (bytes after the head), append decoded body bytes to `out`.
@@ -626,13 +640,13 @@ impl BodyDecoder {
         match state {
             ChunkState::Size { .. } | ChunkState::SizeWs | ChunkState::Ext | ChunkState::SizeLf => {
                 self.line_bytes += 1;
-                if self.line_bytes > MAX_CHUNK_LINE {
+                if self.line_bytes > self.max_chunk_line {
                     return Err(HttpError::Malformed("Chunk size line too long"));
                 }
             }
             ChunkState::Trailer { .. } | ChunkState::TrailerLf { .. } => {
                 self.line_bytes += 1;
-                if self.line_bytes > MAX_TRAILER_BYTES {
+                if self.line_bytes > self.max_trailer_bytes {
                     // The trailer section is header fields too (RFC 9112 §7.1.2): 431.
                     return Err(HttpError::HeadTooLarge);
                 }
@@ -1334,6 +1348,24 @@ GET /d HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
                 String::from_utf8_lossy(input)
             );
         }
+    }
+
+    #[test]
+    fn chunk_limits_are_configurable() {
+        let run = |input: &[u8]| {
+            let mut d = BodyDecoder::new(&BodyKind::Chunked, 100).chunk_limits(8, 12);
+            let mut out = Vec::new();
+            d.decode(input, &mut out).map(|(_, done)| (out, done))
+        };
+        assert_eq!(run(b"1;abc\r\nz\r\n0\r\n\r\n"), Ok((b"z".to_vec(), true)));
+        assert_eq!(
+            run(b"1;abcdefghij\r\nz\r\n"),
+            Err(HttpError::Malformed("Chunk size line too long"))
+        );
+        assert_eq!(
+            run(b"0\r\nX-A: 1\r\nX-B: 2\r\n\r\n"),
+            Err(HttpError::HeadTooLarge)
+        );
     }
 
     #[test]
