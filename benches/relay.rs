@@ -638,7 +638,7 @@ fn fanout(env: &Env, set: &Settings) -> Res<Vec<Value>> {
         let row = json!({
             "subscribers": 0,
             "phase": "all",
-            "skipped": "skipped: transport not available yet",
+            "skipped": "skipped: no event transport accepted a subscriber",
             "probe": missing,
         });
         print_row("fanout", &row);

@@ -473,8 +473,8 @@ fn hex_val(c: u8) -> Option<u8> {
 mod tests {
     use super::*;
 
-    /// The spec's routes.tsv, from the lead's checkout (`/work/main`) or a helper worktree
-    /// (`/work/wt/<name>`); `None` when neither layout is present.
+    /// The spec's routes.tsv from `../shared` beside the checkout (or one level further up,
+    /// for a nested worktree); `None` when neither layout is present.
     fn spec_tsv() -> Option<String> {
         let candidates = [
             concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/spec/routes.tsv"),
