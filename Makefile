@@ -7,6 +7,8 @@
 #   make lint         rustfmt check and clippy with warnings as errors
 #   make fmt          format the code
 #   make docs         regenerate docs/CONFIG.md from src/config.rs
+#   make contract     the API contract check (schemathesis against /openapi.json)
+#   make contract-deep the same with more examples per operation
 #   make bench        benchmarks (BENCH_QUICK=1 for `make bench-quick`)
 #   make bench-compare URL=http://127.0.0.1:PORT KEY=... CLIENT_ID=fvtt_...
 #   make clean        remove build output (never ./data)
@@ -15,7 +17,7 @@ CARGO    ?= cargo
 LISTEN   ?= 127.0.0.1:3010
 DATA_DIR ?= ./data
 
-.PHONY: run test test-deps unit conformance lint fmt docs bench bench-quick bench-compare clean tools
+.PHONY: run test test-deps unit conformance lint fmt docs bench bench-quick bench-compare clean tools contract contract-deep contract-deps
 
 run:
 	$(CARGO) build --release
@@ -87,3 +89,20 @@ bench-compare:
 
 clean:
 	$(CARGO) clean
+
+# The API contract check (tests/contract.rs): schemathesis from PyPI in a venv under target/.
+SCHEMATHESIS_VERSION ?= 4.32.5
+CONTRACT_VENV = target/contract-venv
+
+contract-deps:
+	@if [ ! -x $(CONTRACT_VENV)/bin/schemathesis ]; then \
+		echo "installing schemathesis $(SCHEMATHESIS_VERSION) into $(CONTRACT_VENV)"; \
+		python3 -m venv $(CONTRACT_VENV) && \
+		$(CONTRACT_VENV)/bin/pip install -q "schemathesis==$(SCHEMATHESIS_VERSION)"; \
+	fi
+
+contract: contract-deps
+	$(CARGO) test --test contract -- --nocapture
+
+contract-deep: contract-deps
+	CONTRACT_MAX_EXAMPLES=50 $(CARGO) test --test contract -- --nocapture

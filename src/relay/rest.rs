@@ -333,8 +333,16 @@ impl Relay {
                     &body,
                 ));
             } else {
-                // Decode errors are ignored like the reference: required params then fail.
-                body_json = serde_json::from_slice(&body).ok();
+                match forward::parse_json_body(&body, is_json) {
+                    Ok(v) => body_json = v,
+                    Err(e) => {
+                        out.push(Action::Respond {
+                            conn,
+                            resp: self.cors(Response::error(400, &e)),
+                        });
+                        return;
+                    }
+                }
             }
         }
         drop(body);
