@@ -94,11 +94,20 @@ clean:
 SCHEMATHESIS_VERSION ?= 4.32.5
 CONTRACT_VENV = target/contract-venv
 
+ASYNCAPI_PARSER_VERSION ?= 3.6.6
+CONTRACT_NODE = target/contract-node
+
 contract-deps:
 	@if [ ! -x $(CONTRACT_VENV)/bin/schemathesis ]; then \
 		echo "installing schemathesis $(SCHEMATHESIS_VERSION) into $(CONTRACT_VENV)"; \
 		python3 -m venv $(CONTRACT_VENV) && \
 		$(CONTRACT_VENV)/bin/pip install -q "schemathesis==$(SCHEMATHESIS_VERSION)"; \
+	fi
+	@if [ ! -d $(CONTRACT_NODE)/node_modules/@asyncapi/parser ]; then \
+		echo "installing @asyncapi/parser $(ASYNCAPI_PARSER_VERSION) into $(CONTRACT_NODE)"; \
+		mkdir -p $(CONTRACT_NODE) && \
+		npm install --silent --no-audit --no-fund --prefix $(CONTRACT_NODE) \
+			"@asyncapi/parser@$(ASYNCAPI_PARSER_VERSION)"; \
 	fi
 
 contract: contract-deps

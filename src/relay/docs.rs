@@ -866,7 +866,75 @@ fn ws_payload(ty: &str, params: &str, with_request_id: bool) -> Value {
     json!({"type": "object", "properties": props, "required": required})
 }
 
-/// The AsyncAPI 2.6.0 document for `/ws/api` and `/relay`.
+/// The host part of a server URL (`https://relay.example.com:8443` → `relay.example.com`).
+fn contact_host(server: &str) -> &str {
+    let rest = server.split_once("://").map_or(server, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => authority.split(':').next().unwrap_or(authority),
+    }
+}
+
+/// The `/ws/events` messages (relay/gateway.rs), keyed by component name.
+fn events_messages() -> Vec<(&'static str, Value)> {
+    let ty = |t: &str| json!({"type": "string", "enum": [t]});
+    vec![
+        (
+            "events-subscribe",
+            json!({"name": "subscribe",
+            "summary": "Choose what to receive; may be sent again to change the selection",
+            "payload": {"type": "object", "required": ["type"], "properties": {
+                "type": ty("subscribe"),
+                "events": {"type": "array", "items": {"type": "string", "enum": ["all",
+                    "chat-events", "roll-events", "hooks", "combat-events", "actor-events",
+                    "scene-events", "world-connected", "world-disconnected"]},
+                    "description": "Channels to receive; absent: all"},
+                "client_id": {"type": "string", "maxLength": 128,
+                    "description": "The subscriber's own id (a newer socket with the same id on \
+                        the same key replaces the older, 4001)"},
+                "worlds": {"type": "array", "items": {"type": "string"},
+                    "description": "The worlds (clientIds) to follow; absent: every world the \
+                        key may see"}}}}),
+        ),
+        (
+            "events-ping",
+            json!({"name": "ping",
+            "payload": {"type": "object", "required": ["type"], "properties": {"type": ty("ping")}}}),
+        ),
+        (
+            "events-snapshot",
+            json!({"name": "snapshot",
+            "summary": "The answer to subscribe: the connected worlds this socket follows",
+            "payload": {"type": "object", "required": ["type", "state"], "properties": {
+                "type": ty("snapshot"),
+                "state": {"type": "object", "properties": {
+                    "worlds": {"type": "array", "items": {"type": "object"}}}}}}}),
+        ),
+        (
+            "events-event",
+            json!({"name": "event",
+            "summary": "A world event (chat, roll, hook, combat, actor, scene) or \
+                world-connected / world-disconnected",
+            "payload": {"type": "object", "required": ["type"], "properties": {
+                "type": {"type": "string"}, "clientId": {"type": "string"},
+                "data": {}}}}),
+        ),
+        (
+            "events-error",
+            json!({"name": "error",
+            "payload": {"type": "object", "required": ["type", "error"], "properties": {
+                "type": ty("error"), "error": {"type": "string"}}}}),
+        ),
+        (
+            "events-pong",
+            json!({"name": "pong",
+            "payload": {"type": "object", "required": ["type"], "properties": {"type": ty("pong")}}}),
+        ),
+    ]
+}
+
+/// The AsyncAPI 2.6.0 document for `/ws/events`, `/ws/api` and `/relay`.
 pub fn asyncapi(routes: &RouteTable, server: &str) -> Value {
     let mut messages = Map::new();
     let mut client_refs = Vec::new();
@@ -915,7 +983,10 @@ pub fn asyncapi(routes: &RouteTable, server: &str) -> Value {
     // messages), and what the module sends back (module-protocol.md §1, §3, §4).
     let mut to_module: Vec<Value> = ["auth-success", "pong", "event-subscription-update"]
         .iter()
-        .map(|t| json!({"name": t, "payload": ws_payload(t, "", false)}))
+        .map(|t| {
+            json!({"name": t, "messageId": format!("relay-to-module-{t}"),
+            "payload": ws_payload(t, "", false)})
+        })
         .collect();
     let mut forwarded: Vec<&str> = routes
         .routes()
@@ -926,7 +997,8 @@ pub fn asyncapi(routes: &RouteTable, server: &str) -> Value {
     forwarded.sort_unstable();
     forwarded.dedup();
     to_module.extend(forwarded.iter().map(|t| {
-        json!({"name": t, "summary": "A forwarded request; answered with <type>-result",
+        json!({"name": t, "messageId": format!("relay-forward-{t}"),
+            "summary": "A forwarded request; answered with <type>-result",
             "payload": ws_payload(t, "", true)})
     }));
     let from_module: Vec<Value> = [
@@ -945,25 +1017,61 @@ pub fn asyncapi(routes: &RouteTable, server: &str) -> Value {
         ("<type>-result", ""),
     ]
     .iter()
-    .map(|(t, p)| json!({"name": t, "payload": ws_payload(t, p, *t != "auth")}))
+    .map(|(t, p)| {
+        let id: String = t
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        json!({"name": t, "messageId": format!("relay-from-module-{}", id.trim_matches('-')),
+            "payload": ws_payload(t, p, *t != "auth")})
+    })
     .collect();
+    for (key, m) in events_messages() {
+        messages.insert(key.into(), m);
+    }
+    for (key, m) in messages.iter_mut() {
+        m["messageId"] = Value::from(key.as_str());
+    }
+    let events_ref = |k: &str| json!({"$ref": format!("#/components/messages/{k}")});
     json!({
         "asyncapi": "2.6.0",
+        "id": "urn:fvtt-relay:websockets",
+        "defaultContentType": "application/json",
+        "tags": [{"name": "foundry-vtt"}, {"name": "relay"}],
         "info": {
             "title": "fvtt-relay WebSockets",
             "version": env!("CARGO_PKG_VERSION"),
+            "license": {"name": "MIT"},
+            // Whoever runs this relay: its admin page, and the RFC 2142 §3 role mailbox of
+            // the host it is served from.
+            "contact": {"name": "The relay's owner", "url": format!("{server}/admin"),
+                "email": format!("postmaster@{}", contact_host(server))},
             "description": "The client request/subscribe API (/ws/api) and the Foundry module's \
                 world link (/relay). The first message on either must authenticate.",
         },
         "servers": {"relay": {"url": ws_url(server), "protocol": if server.starts_with("https") { "wss" } else { "ws" }}},
         "channels": {
+            "/ws/events": {
+                "description": "Read-only events of the worlds a key may see (one socket, every \
+                    channel). Authenticate on the upgrade (x-api-key, Authorization: Bearer, \
+                    ?token= or the admin session cookie); the first message must be `subscribe` \
+                    within the auth timeout, answered by a `snapshot`. `/ws/events/{clientId}` \
+                    follows one world.",
+                "bindings": {"ws": {"query": {"type": "object",
+                    "properties": {"token": {"type": "string"}}}}},
+                "publish": {"operationId": "eventsSend", "message": {"oneOf": [events_ref("events-subscribe"),
+                    events_ref("events-ping")]}},
+                "subscribe": {"operationId": "eventsReceive", "message": {"oneOf": [events_ref("events-snapshot"),
+                    events_ref("events-event"), events_ref("events-error"),
+                    events_ref("events-pong")]}},
+            },
             "/ws/api": {
                 "description": "Requests to a world and event subscriptions for API clients; \
                     authenticate with {type:'auth', token:<API key>} within the auth timeout.",
                 "bindings": {"ws": {"query": {"type": "object",
                     "properties": {"clientId": {"type": "string"}}}}},
-                "publish": {"message": {"oneOf": client_refs}},
-                "subscribe": {"message": {"oneOf": server_refs}},
+                "publish": {"operationId": "apiSend", "message": {"oneOf": client_refs}},
+                "subscribe": {"operationId": "apiReceive", "message": {"oneOf": server_refs}},
             },
             "/relay": {
                 "description": "The Foundry REST API module's link. Query: id (required), \
@@ -974,8 +1082,8 @@ pub fn asyncapi(routes: &RouteTable, server: &str) -> Value {
                         "worldTitle": {"type": "string"}, "foundryVersion": {"type": "string"},
                         "systemId": {"type": "string"}, "systemTitle": {"type": "string"},
                         "systemVersion": {"type": "string"}, "customName": {"type": "string"}}}}},
-                "publish": {"message": {"oneOf": from_module}},
-                "subscribe": {"message": {"oneOf": to_module}},
+                "publish": {"operationId": "moduleSend", "message": {"oneOf": from_module}},
+                "subscribe": {"operationId": "moduleReceive", "message": {"oneOf": to_module}},
             },
         },
         "components": {"messages": messages},
@@ -1013,6 +1121,12 @@ mod tests {
         }
         assert_eq!(ws_url("https://a"), "wss://a");
         assert_eq!(ws_url("http://a:1"), "ws://a:1");
+        assert_eq!(
+            contact_host("https://relay.example.com:8443/x"),
+            "relay.example.com"
+        );
+        assert_eq!(contact_host("http://[::1]:3010"), "::1");
+        assert_eq!(contact_host("http://pi.lan"), "pi.lan");
     }
 
     #[test]
