@@ -291,6 +291,8 @@ fn run_with(args: &[String], env_dir: Option<String>, out: &mut dyn Write) -> Re
 
 fn read_admin_key(dir: &Path) -> Result<String, CliError> {
     let path = dir.join(ADMIN_KEY_FILE);
+    // A FIFO here would block the read forever: look before opening.
+    store::regular_file(&path).map_err(|p| fail(format!("{}: {p}", path.display())))?;
     match std::fs::read_to_string(&path) {
         Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
         Ok(_) => Err(fail(format!("{} is empty", path.display()))),
@@ -355,6 +357,7 @@ impl Backend {
             Ok(s) => Ok(Backend::Stopped(Box::new(s))),
             Err(Fatal::State(m)) if m.contains("in use") => {
                 let path = dir.join(ADDR_FILE);
+                store::regular_file(&path).map_err(|p| fail(format!("{}: {p}", path.display())))?;
                 let text = std::fs::read_to_string(&path).map_err(|e| {
                     fail(format!(
                         "the relay is running but {} is unreadable: {e}",
@@ -377,10 +380,14 @@ impl Backend {
         }
     }
 
+    /// Save the edited state; on failure nothing was changed (the process exits without
+    /// the edit, and `state.json` is intact), and the message says so.
     fn save(store: &mut Store) -> Result<(), CliError> {
-        store
-            .save()
-            .map_err(|e| fail(format!("cannot save {}: {e}", store.path().display())))
+        store.save().map_err(|e| {
+            fail(format!(
+                "the change could not be saved ({e}); it was not made"
+            ))
+        })
     }
 
     fn create_key(&mut self, spec: NewKey) -> Result<Value, CliError> {

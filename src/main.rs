@@ -80,6 +80,8 @@ fn serve(cfg: Config) -> Result<(), Fatal> {
     let addr = server.local_addr();
     // Where `fvtt-relay key ...` finds this relay while it holds the lock (src/cli.rs).
     let addr_file = cfg_dir.join(cli::ADDR_FILE);
+    // Removed first: writing into a FIFO left there would block until a reader came.
+    let _ = std::fs::remove_file(&addr_file);
     if let Err(e) = std::fs::write(&addr_file, format!("{addr}\n")) {
         log::warn!(
             "cannot write {}: {e}; CLI commands will not find this relay",

@@ -4,8 +4,9 @@
 //! registry (ARCHITECTURE.md, "One turn of the loop").
 //!
 //! Order of a turn: poll (timeout = earliest deadline, or zero while work is left over from a
-//! budget) → read every ready connection under its budget → due deadlines → persist state if
-//! anything asked → one write attempt per connection with queued bytes → reap closed ones.
+//! budget) → read every ready connection under its budget → due deadlines → one write attempt
+//! per connection with queued bytes → reap closed ones. (Owner changes are saved by the relay
+//! in the turn that makes them, through the store attached in `bind`: relay/durable.rs.)
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -43,8 +44,6 @@ const FIRST_CONN: usize = 2;
 const WS_MESSAGES_PER_TURN: usize = 64;
 /// How long accepting pauses after EMFILE/ENFILE before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-/// How long after a failed `state.json` write the loop tries again.
-const SAVE_RETRY: Duration = Duration::from_secs(2);
 
 pub const SERVER_NAME: &str = concat!("fvtt-relay/", env!("CARGO_PKG_VERSION"));
 
@@ -55,8 +54,6 @@ enum LoopTimer {
     Relay(Timer),
     ResumeAccept,
     ShutdownDeadline,
-    /// A failed state save is tried again.
-    RetrySave,
 }
 
 pub struct Server {
@@ -68,7 +65,6 @@ pub struct Server {
     next_gen: u32,
     timers: Deadlines<LoopTimer>,
     relay: Relay,
-    store: Store,
     per_ip: HashMap<IpAddr, u32>,
     accept_paused: bool,
     emfile_logged: bool,
@@ -80,7 +76,6 @@ pub struct Server {
     /// Dead connections found by the flush, removed by `reap`.
     doomed: Vec<ConnId>,
     actions: Vec<Action>,
-    persist: bool,
     shutdown_at: Option<Instant>,
     date: DateCache,
     local_addr: SocketAddr,
@@ -139,7 +134,9 @@ fn client_ip(peer: IpAddr, head: &Head, trust_forwarded: bool) -> IpAddr {
 
 impl Server {
     /// Bind the listener and prepare the loop. Nothing is accepted until `run`.
-    pub fn bind(cfg: Config, store: Store, relay: Relay) -> Result<Server, Fatal> {
+    /// The relay saves its own owner changes through `store` (relay/durable.rs).
+    pub fn bind(cfg: Config, store: Store, mut relay: Relay) -> Result<Server, Fatal> {
+        relay.set_saver(Box::new(store));
         let poll = Poll::new().map_err(|e| Fatal::Io(format!("poll: {e}")))?;
         let mut listener = TcpListener::bind(cfg.listen)
             .map_err(|e| Fatal::Bind(format!("{}: {e}", cfg.listen)))?;
@@ -163,7 +160,6 @@ impl Server {
             next_gen: 0,
             timers: Deadlines::new(),
             relay,
-            store,
             per_ip: HashMap::new(),
             accept_paused: false,
             emfile_logged: false,
@@ -171,7 +167,6 @@ impl Server {
             dirty: Vec::new(),
             doomed: Vec::new(),
             actions: Vec::new(),
-            persist: false,
             shutdown_at: None,
             date: DateCache::new(),
             local_addr,
@@ -233,36 +228,12 @@ impl Server {
             for t in due.drain(..) {
                 self.on_timer(t, now);
             }
-            if self.persist {
-                self.persist = false;
-                match self.store.save_state(self.relay.state()) {
-                    Ok(()) => self.relay.metrics_mut().state_saves += 1,
-                    Err(e) => {
-                        // Keep serving: the previous state file is intact. Retry on a timer
-                        // (not every turn: a full disk would turn that into a spin).
-                        error!(
-                            "saving {} failed: {e}; retrying in {SAVE_RETRY:?}",
-                            self.store.path().display()
-                        );
-                        self.relay.metrics_mut().state_save_failures += 1;
-                        self.timers
-                            .arm(Instant::now() + SAVE_RETRY, LoopTimer::RetrySave);
-                    }
-                }
-            }
             self.flush_dirty();
             self.reap();
             if let Some(at) = self.shutdown_at {
                 if self.conns.is_empty() || Instant::now() >= at {
                     // Last-used times wait for a timer that will not fire now: save them.
-                    if self.relay.has_unsaved_bookkeeping() {
-                        if let Err(e) = self.store.save_state(self.relay.state()) {
-                            error!(
-                                "saving {} at shutdown failed: {e}",
-                                self.store.path().display()
-                            );
-                        }
-                    }
+                    self.relay.save_before_exit();
                     self.fail_in_flight(Instant::now());
                     info!(
                         "shutdown complete ({} connections left open)",
@@ -768,7 +739,6 @@ impl Server {
                 }
             }
             Action::Arm { at, timer } => self.timers.arm(at, LoopTimer::Relay(timer)),
-            Action::Persist => self.persist = true,
         }
     }
 
@@ -933,7 +903,6 @@ impl Server {
                 self.accept_all(now);
             }
             LoopTimer::ShutdownDeadline => {}
-            LoopTimer::RetrySave => self.persist = true,
         }
     }
 

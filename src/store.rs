@@ -56,6 +56,19 @@ impl SaveError {
     }
 }
 
+/// Where the running relay's state is saved (`Store` in the binary; a memory double in the
+/// relay's unit tests). The relay core calls it and never touches a file itself.
+pub trait Saver {
+    /// Write `state` durably; on error the previous saved state is intact.
+    fn save(&mut self, state: &State) -> Result<(), SaveError>;
+}
+
+impl Saver for Store {
+    fn save(&mut self, state: &State) -> Result<(), SaveError> {
+        self.save_state(state)
+    }
+}
+
 /// Test-only fault injection: in debug builds, `FVTT_RELAY_TEST_FAIL_SAVES=N` makes the next
 /// N saves of a `Store` fail as if the disk were full. Release builds ignore it, and nothing
 /// but the process environment can set it (no request can reach it).

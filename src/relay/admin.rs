@@ -357,10 +357,13 @@ impl Relay {
                 let keys: Vec<Value> = self.state.api_keys.iter().map(key_json).collect();
                 Response::json(200, &json!({"keys": keys}))
             }
-            (Method::Post, ["keys"]) => self.create_key(body, now_ms, out),
+            (Method::Post, ["keys"]) => self.create_key(body, now_ms),
             (Method::Delete, ["keys", id]) => {
+                let undo = self.state.clone();
                 if self.state.revoke_api_key(id) {
-                    out.push(Action::Persist);
+                    if let Err(refused) = self.commit(undo) {
+                        return refused;
+                    }
                     self.key_revoked(id, out);
                     info!("API key {id} revoked by the owner");
                     Response::json(200, &json!({"success": true}))
@@ -381,10 +384,13 @@ impl Relay {
                 }
                 let ttl = self.cfg.pairing_code_ttl;
                 let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+                let undo = self.state.clone();
                 let (code, exp) =
                     self.state
                         .create_pairing_code_for(bound.as_deref(), ttl_ms, now_ms);
-                out.push(Action::Persist);
+                if let Err(refused) = self.commit(undo) {
+                    return refused;
+                }
                 Response::json(
                     201,
                     &json!({"code": code, "expiresAt": exp, "expiresIn": ttl.as_secs()}),
@@ -408,7 +414,7 @@ impl Relay {
                 }
             }
             (Method::Post, ["pair-requests", code, verb @ ("approve" | "deny")]) => {
-                self.decide_pair_request(code, *verb == "approve", now_ms, out)
+                self.decide_pair_request(code, *verb == "approve", now_ms)
             }
             (_, ["tokens"]) if get => {
                 let list: Vec<Value> = self.state.tokens.iter().map(token_json).collect();
@@ -416,16 +422,20 @@ impl Relay {
             }
             (Method::Delete, ["tokens", id]) => {
                 match self.revoke_token_and_close(id, "Connection token revoked", now, out) {
-                    Some(_) => Response::json(200, &json!({"success": true})),
-                    None => Response::error(404, "Connection token not found"),
+                    Ok(Some(_)) => Response::json(200, &json!({"success": true})),
+                    Ok(None) => Response::error(404, "Connection token not found"),
+                    Err(refused) => refused,
                 }
             }
             (Method::Patch, ["tokens", id]) => self.patch_token(id, body, now, out),
             (Method::Post, ["admin-key", "rotate"]) => {
+                let undo = self.state.clone();
                 let key = self.state.rotate_admin_key();
+                if let Err(refused) = self.commit(undo) {
+                    return refused;
+                }
                 // Every session was opened with the old key: they end with it.
                 self.owner.sessions.clear();
-                out.push(Action::Persist);
                 info!("admin key rotated");
                 Response::json(200, &json!({"key": key}))
             }
@@ -481,7 +491,7 @@ impl Relay {
             .header("Set-Cookie", self.cookie(&sid, ttl.as_secs()))
     }
 
-    fn create_key(&mut self, body: &[u8], now_ms: u64, out: &mut Vec<Action>) -> Response {
+    fn create_key(&mut self, body: &[u8], now_ms: u64) -> Response {
         let b: KeyBody = match body_json(body) {
             Ok(b) => b,
             Err(r) => return r,
@@ -498,9 +508,12 @@ impl Relay {
             expires_in_days: b.expires_in_days,
             rate_limit_per_minute: b.rate_limit_per_minute,
         };
+        let undo = self.state.clone();
         match self.state.create_api_key(spec, now_ms) {
             Ok((idx, secret)) => {
-                out.push(Action::Persist);
+                if let Err(refused) = self.commit(undo) {
+                    return refused;
+                }
                 let mut v = self
                     .state
                     .api_keys
@@ -516,12 +529,17 @@ impl Relay {
     }
 
     fn unpair_world(&mut self, id: &str, now: Instant, out: &mut Vec<Action>) -> Response {
+        let undo = self.state.clone();
         let removed = self.state.remove_world(id);
         let link = self.worlds.get(id).map(|l| l.conn);
         if !removed && link.is_none() {
             return Response::error(404, "Unknown clientId");
         }
-        out.push(Action::Persist);
+        if removed {
+            if let Err(refused) = self.commit(undo) {
+                return refused;
+            }
+        }
         if let Some(conn) = link {
             self.close_world_link(conn, "Unpaired by owner", now, out);
         }
@@ -529,13 +547,7 @@ impl Relay {
         Response::json(200, &json!({"success": true}))
     }
 
-    fn decide_pair_request(
-        &mut self,
-        code: &str,
-        approve: bool,
-        now_ms: u64,
-        out: &mut Vec<Action>,
-    ) -> Response {
+    fn decide_pair_request(&mut self, code: &str, approve: bool, now_ms: u64) -> Response {
         self.purge_pair_requests(now_ms);
         let code = code.to_ascii_uppercase();
         let Some(i) = self.owner.requests.iter().position(|r| r.code == code) else {
@@ -562,10 +574,14 @@ impl Relay {
             ReqStatus::Approved(None)
         } else {
             let ttl_ms = u64::try_from(self.cfg.pairing_code_ttl.as_millis()).unwrap_or(u64::MAX);
+            let undo = self.state.clone();
             let (c, _) = self
                 .state
                 .create_pairing_code_for(bound.as_deref(), ttl_ms, now_ms);
-            out.push(Action::Persist);
+            // The request stays pending when the code could not be saved: approve again.
+            if let Err(refused) = self.commit(undo) {
+                return refused;
+            }
             ReqStatus::Approved(Some(c))
         };
         let Some(r) = self.owner.requests.get_mut(i) else {
@@ -593,12 +609,15 @@ impl Relay {
         let Some(ips) = b.allowed_ips else {
             return Response::error(400, "allowedIps is required");
         };
+        let undo = self.state.clone();
         match self.state.set_token_allowed_ips(id, ips) {
             Ok(true) => {}
             Ok(false) => return Response::error(404, "Connection token not found"),
             Err(e) => return Response::error(400, &e),
         }
-        out.push(Action::Persist);
+        if let Err(refused) = self.commit(undo) {
+            return refused;
+        }
         let Some(t) = self.state.tokens.iter().find(|t| t.id == id).cloned() else {
             return Response::error(404, "Connection token not found");
         };
@@ -718,10 +737,6 @@ mod lazy_persist_tests {
             .count()
     }
 
-    fn persists(out: &[Action]) -> usize {
-        out.iter().filter(|a| matches!(a, Action::Persist)).count()
-    }
-
     #[test]
     fn key_use_is_saved_by_a_timer_never_by_the_request() {
         let mut h = H::new(Config::default());
@@ -729,7 +744,7 @@ mod lazy_persist_tests {
         let c = h.conn();
         let out = h.get(c, "/clients", &[("x-api-key", &key)]);
         assert_eq!(
-            persists(&out),
+            h.disk.0.borrow().attempts,
             0,
             "the request itself never waits for the disk"
         );
@@ -743,11 +758,11 @@ mod lazy_persist_tests {
         );
         assert!(h.relay.has_unsaved_bookkeeping());
         h.advance(Duration::from_secs(60));
-        let out = h.input(Input::Timer(Timer::LazyPersist));
-        assert_eq!(persists(&out), 1);
+        h.input(Input::Timer(Timer::LazyPersist));
+        assert_eq!(h.disk.0.borrow().saves, 1);
         assert!(!h.relay.has_unsaved_bookkeeping());
         // Nothing changed since: a stale timer saves nothing.
-        let out = h.input(Input::Timer(Timer::LazyPersist));
-        assert_eq!(persists(&out), 0);
+        h.input(Input::Timer(Timer::LazyPersist));
+        assert_eq!(h.disk.0.borrow().saves, 1);
     }
 }

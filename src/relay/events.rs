@@ -472,6 +472,8 @@ pub(crate) mod harness {
         pub api_key: String,
         pub token: String,
         pub other_token: String,
+        /// What the relay saved, and a knob to make saves fail (relay/durable.rs).
+        pub disk: crate::relay::durable::tests::MemorySaver,
         next: usize,
     }
 
@@ -516,12 +518,16 @@ pub(crate) mod harness {
                     ..KnownWorld::default()
                 });
             }
+            let disk = crate::relay::durable::tests::MemorySaver::default();
+            let mut relay = Relay::new(cfg, state, Clock { base: t0, base_ms });
+            relay.set_saver(Box::new(disk.clone()));
             let mut h = H {
-                relay: Relay::new(cfg, state, Clock { base: t0, base_ms }),
+                relay,
                 now: t0,
                 api_key: String::new(),
                 token,
                 other_token,
+                disk,
                 next: 100,
             };
             h.api_key = h.key(&crate::auth::ALL_SCOPES, &[], None);

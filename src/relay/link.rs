@@ -204,7 +204,7 @@ impl Relay {
             meta.system_version,
             meta.foundry_version
         );
-        self.remember_world(&meta, now_ms, out);
+        self.remember_world(&meta, now, out);
         self.worlds.insert(Live {
             conn,
             meta,
@@ -223,7 +223,8 @@ impl Relay {
     }
 
     /// Record (or refresh) the paired world's metadata in the durable state.
-    fn remember_world(&mut self, meta: &Meta, now_ms: u64, out: &mut Vec<Action>) {
+    fn remember_world(&mut self, meta: &Meta, now: Instant, out: &mut Vec<Action>) {
+        let now_ms = self.clock.ms(now);
         let existing = self
             .state
             .worlds
@@ -251,9 +252,11 @@ impl Relay {
         w.custom_name = meta.custom_name.clone();
         w.last_seen_ms = Some(now_ms);
         self.state.upsert_world(w);
-        // lastSeen alone is not worth a disk write on every reconnect; metadata is.
+        // lastSeen alone is not worth a disk write on every reconnect; metadata is. Nobody
+        // waits on it (the module reports it again on every connect), so a failed save is
+        // left to the bookkeeping retry rather than refusing the link.
         if changed {
-            out.push(Action::Persist);
+            self.persist_soon(now, out);
         }
     }
 

@@ -1,6 +1,6 @@
 //! The relay core, sans-IO: `Relay::handle(Input, now, &mut actions)`.
 //!
-//! It owns the durable `State` (the loop saves it when asked with `Action::Persist`), the
+//! It owns the durable `State` (saved through the `Saver` the loop attaches: `durable.rs`), the
 //! live world links, pending requests, subscriptions and rate limits. It never imports mio,
 //! sockets or files, and it never reads the clock: `now` comes in, and wall-clock
 //! milliseconds are derived from it through `Clock`, so tests can move time freely.
@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod api_ws;
 pub mod docs;
+pub mod durable;
 pub mod events;
 pub mod forward;
 pub mod gateway;
@@ -41,9 +42,6 @@ use hub::Hub;
 use io::{Action, Input, Timer};
 use pending::Pending;
 use world::{Meta, Worlds};
-
-/// How long bookkeeping changes wait before they are saved.
-const LAZY_PERSIST: Duration = Duration::from_secs(60);
 
 /// Wall-clock milliseconds derived from the monotonic `now` passed in.
 #[derive(Clone, Copy, Debug)]
@@ -89,8 +87,8 @@ pub struct Relay {
     pub(crate) hub: Hub,
     /// Counters for `/metrics` (metrics.rs).
     pub(crate) metrics: Metrics,
-    /// Bookkeeping (last-used times) changed and waits for `Timer::LazyPersist`.
-    pub(crate) lazy_dirty: bool,
+    /// Saving the state: owner changes at once, bookkeeping lazily (durable.rs).
+    pub(crate) disk: durable::Disk,
     pub(crate) clock: Clock,
     pub(crate) started: Instant,
     /// Rate limiters (relay/limits.rs).
@@ -118,7 +116,7 @@ impl Relay {
             req_ids: RequestIds::new(),
             roles: HashMap::new(),
             metrics: Metrics::default(),
-            lazy_dirty: false,
+            disk: durable::Disk::default(),
             api: HashMap::new(),
             subs: HashMap::new(),
             clock,
@@ -126,7 +124,7 @@ impl Relay {
         }
     }
 
-    /// The durable state, for the loop to save after `Action::Persist`.
+    /// The durable state.
     pub fn state(&self) -> &State {
         &self.state
     }
@@ -141,10 +139,6 @@ impl Relay {
             self.metrics.http_requests += 1;
         }
         self.dispatch(input, now, out);
-        if out[first..].iter().any(|a| matches!(a, Action::Persist)) {
-            // A save this turn carries the bookkeeping too.
-            self.lazy_dirty = false;
-        }
         // X-RateLimit-* on the API responses of this turn (relay/limits.rs).
         if let Some(new) = out.get_mut(first..) {
             self.stamp_rate_headers(new);
@@ -159,25 +153,6 @@ impl Relay {
                 }
             }
         }
-    }
-
-    /// Record that bookkeeping changed (a key's or token's last use): it is saved within
-    /// `LAZY_PERSIST`, by a timer, never by the request that caused it, so forwarding never
-    /// waits for the disk (issue 5: "never on the hot path of forwarding").
-    pub(crate) fn persist_later(&mut self, now: Instant, out: &mut Vec<Action>) {
-        if !self.lazy_dirty {
-            self.lazy_dirty = true;
-            out.push(Action::Arm {
-                at: now + LAZY_PERSIST,
-                timer: Timer::LazyPersist,
-            });
-        }
-    }
-
-    /// Whether in-memory bookkeeping is newer than `state.json` (the loop saves it once more
-    /// at shutdown).
-    pub fn has_unsaved_bookkeeping(&self) -> bool {
-        self.lazy_dirty
     }
 
     /// Counters the loop bumps for connection-level outcomes (slow consumers, refusals).
@@ -260,12 +235,7 @@ impl Relay {
             },
             Timer::Request(serial) => self.request_timeout(serial, now, out),
             Timer::Sweep => self.limits.sweep(now),
-            Timer::LazyPersist => {
-                if self.lazy_dirty {
-                    self.lazy_dirty = false;
-                    out.push(Action::Persist);
-                }
-            }
+            Timer::LazyPersist => self.lazy_timer(now, out),
         }
     }
 }

@@ -311,7 +311,7 @@ impl Relay {
         }
         let resp = match path {
             "/auth/pair" => match m {
-                Method::Post => self.pair(peer, head, body, now, out),
+                Method::Post => self.pair(peer, head, body, now),
                 _ => not_allowed("POST"),
             },
             "/auth/pair-request" => match m {
@@ -360,14 +360,7 @@ impl Relay {
     }
 
     /// `POST /auth/pair` (§5.6).
-    fn pair(
-        &mut self,
-        peer: IpAddr,
-        head: &Head,
-        body: &[u8],
-        now: Instant,
-        out: &mut Vec<Action>,
-    ) -> Response {
+    fn pair(&mut self, peer: IpAddr, head: &Head, body: &[u8], now: Instant) -> Response {
         let v = self.limits.pair.check(&peer, now);
         if !v.allowed {
             return too_many(
@@ -393,6 +386,7 @@ impl Relay {
         if world_id.is_empty() && peek.is_some_and(|p| p.client_id.is_none()) {
             return Response::error(400, "worldId is required");
         }
+        let undo = self.state.clone();
         let bound = match self.state.take_pairing_code(&code, now_ms) {
             Ok(b) => b,
             Err(e) => {
@@ -431,7 +425,10 @@ impl Relay {
         }
         self.state.upsert_world(w);
         let (_, token) = self.state.create_connection_token(&client_id, now_ms);
-        out.push(Action::Persist);
+        // Undone on failure: the code is unspent again, so the module can simply retry.
+        if let Err(refused) = self.commit(undo) {
+            return refused;
+        }
         info!("{peer}: paired world {client_id}");
         Response::json(
             200,
@@ -557,7 +554,9 @@ impl Relay {
         let Some(id) = self.state.tokens.get(idx).map(|t| t.id.clone()) else {
             return Response::error(500, "Token index out of date");
         };
-        self.revoke_token_and_close(&id, "Unpaired by owner", now, out);
+        if let Err(refused) = self.revoke_token_and_close(&id, "Unpaired by owner", now, out) {
+            return refused;
+        }
         Response::json(
             200,
             &json!({"success": true, "message": "Unpaired successfully"}),
@@ -565,16 +564,20 @@ impl Relay {
     }
 
     /// Revoke token `id` and close with 4002 the world link that authenticated with it.
-    /// Returns the world it belonged to, or None for an unknown token.
+    /// Returns the world it belonged to, or None for an unknown token; the 503 to send when
+    /// the revocation could not be saved (then the token and its link stay as they were).
     pub(crate) fn revoke_token_and_close(
         &mut self,
         id: &str,
         reason: &'static str,
         now: Instant,
         out: &mut Vec<Action>,
-    ) -> Option<String> {
-        let client_id = self.state.revoke_token(id)?;
-        out.push(Action::Persist);
+    ) -> Result<Option<String>, Response> {
+        let undo = self.state.clone();
+        let Some(client_id) = self.state.revoke_token(id) else {
+            return Ok(None);
+        };
+        self.commit(undo)?;
         let link = self.worlds.get(&client_id).map(|l| l.conn);
         if let Some(conn) = link {
             let used = self.owner.link_tokens.get(&conn).map(String::as_str);
@@ -589,7 +592,7 @@ impl Relay {
             }
         }
         info!("token {id} of {client_id} revoked ({reason})");
-        Some(client_id)
+        Ok(Some(client_id))
     }
 
     /// Close a live world link with 4002 and take it out of service at once: its waiters fail
