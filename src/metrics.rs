@@ -59,6 +59,8 @@ pub struct Gauges {
     pub ws_api_sockets: u64,
     pub ws_events_sockets: u64,
     pub uptime_seconds: u64,
+    /// 1 while saves of state.json fail (owner changes are refused with 503), else 0.
+    pub state_save_failing: u64,
 }
 
 impl Metrics {
@@ -213,6 +215,12 @@ impl Metrics {
                 ("{outcome=\"ok\"}", self.state_saves),
                 ("{outcome=\"failed\"}", self.state_save_failures),
             ],
+        );
+        one(
+            "state_save_failing",
+            "gauge",
+            "1 while state.json cannot be saved (owner changes are refused), else 0.",
+            &[("", g.state_save_failing)],
         );
         one(
             "worlds_connected",

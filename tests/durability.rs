@@ -253,6 +253,8 @@ fn injected_save_failures_are_refused_by_the_running_relay() {
         get(addr, "/clients", &[("x-api-key", &p.api_key)]).status,
         200
     );
+    let m = get(addr, "/metrics", &admin(&p)).text();
+    assert!(m.contains("state_save_failing 1"), "{m}");
     // One failure line for the whole failing period, not one per attempt.
     let logs = relay.logs();
     assert_eq!(
@@ -267,6 +269,8 @@ fn injected_save_failures_are_refused_by_the_running_relay() {
     assert!(wait_for(secs(5), || relay
         .logs()
         .contains("saving the state works again")));
+    let m = get(addr, "/metrics", &admin(&p)).text();
+    assert!(m.contains("state_save_failing 0"), "{m}");
     relay.kill();
     let relay = Relay::start_in_when_free(dir.path(), &[]);
     let addr = relay.addr();
@@ -406,4 +410,88 @@ fn out_of_descriptors_a_change_fails_cleanly_or_is_durable() {
     let _world = FakeWorld::online(addr, &p.client_id, &p.token);
     assert_eq!(key_ids(addr, &p).len(), before.len() + 1);
     assert_eq!(forwards(addr, &later), 200);
+}
+
+#[test]
+fn a_missing_state_file_with_a_backup_is_not_started_empty() {
+    let dir = TempDir::new("nostate");
+    let d = dir.path();
+    let p = provision(d);
+    // A second save, so state.json.bak exists.
+    let o = cli(d, &["key", "create", "--name", "second"], &[]);
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    assert!(d.join("state.json.bak").exists());
+    fs::remove_file(d.join("state.json")).unwrap();
+    let f = match Relay::try_start_in(d, &[], &[]) {
+        Ok(_) => panic!("started on a missing state.json with a .bak"),
+        Err(f) => f,
+    };
+    assert_ne!(f.status.and_then(|s| s.code()), Some(0), "{f:?}");
+    assert!(f.stderr.contains("is missing but"), "{}", f.stderr);
+    assert!(f.stderr.contains("cp -p"), "{}", f.stderr);
+    assert!(!d.join("state.json").exists());
+    assert_eq!(
+        fs::read_to_string(d.join("admin.key")).unwrap().trim(),
+        p.admin_key,
+        "admin.key must not be replaced"
+    );
+    // Restored as the message says, it starts with the backed-up keys.
+    fs::copy(d.join("state.json.bak"), d.join("state.json")).unwrap();
+    let relay = Relay::start_in_when_free(d, &[]);
+    assert_eq!(key_ids(relay.addr(), &p).len(), 1);
+}
+
+#[test]
+fn fifos_where_files_belong_are_refused_not_waited_on() {
+    let dir = TempDir::new("fifo");
+    let d = dir.path();
+    provision(d);
+    let mkfifo = |name: &str| {
+        let _ = fs::remove_file(d.join(name));
+        let ok = Command::new("mkfifo").arg(d.join(name)).status();
+        assert!(ok.is_ok_and(|s| s.success()), "mkfifo {name}");
+    };
+    // Run with a deadline: a regression blocks on the FIFO forever.
+    let run = |args: &[&str]| -> Output {
+        let mut child = Command::new(relay_binary())
+            .args(args)
+            .arg("--data-dir")
+            .arg(d)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let done = wait_for(secs(10), || child.try_wait().is_ok_and(|s| s.is_some()));
+        if !done {
+            let _ = child.kill();
+        }
+        let out = child.wait_with_output().expect("wait");
+        assert!(done, "{args:?} blocked: {}", stderr_of(&out));
+        out
+    };
+    mkfifo("admin.key");
+    let o = run(&["admin-key"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr_of(&o).contains("it is a FIFO, not a regular file"),
+        "{}",
+        stderr_of(&o)
+    );
+    mkfifo("state.json");
+    let o = run(&["key", "list"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr_of(&o).contains("state.json: it is a FIFO"),
+        "{}",
+        stderr_of(&o)
+    );
+    fs::remove_file(d.join("state.json")).unwrap();
+    mkfifo("lock");
+    let o = run(&["--listen", "127.0.0.1:0"]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        stderr_of(&o).contains("lock: it is a FIFO"),
+        "{}",
+        stderr_of(&o)
+    );
 }

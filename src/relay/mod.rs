@@ -172,6 +172,7 @@ impl Relay {
             ws_api_sockets: self.api.len() as u64,
             ws_events_sockets: count(hub::Transport::WsEvents),
             uptime_seconds: self.uptime(now).as_secs(),
+            state_save_failing: u64::from(self.saves_failing()),
         })
     }
 
