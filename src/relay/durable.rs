@@ -376,6 +376,33 @@ mod refusal_tests {
     }
 
     #[test]
+    fn a_refused_approval_leaves_the_request_pending() {
+        let mut h = H::new(Config::default());
+        let adm = admin(&mut h);
+        let (status, v) = call(
+            &mut h,
+            Method::Post,
+            "/auth/pair-request",
+            "",
+            json!({"worldId": "w9"}),
+        );
+        assert_eq!(status, 201, "{v}");
+        let code = v["code"].as_str().unwrap().to_string();
+        let approve = format!("/admin/api/pair-requests/{code}/approve");
+        fail_next(&h, 1);
+        let (status, v) = call(&mut h, Method::Post, &approve, &adm, Value::Null);
+        assert_eq!(status, 503, "{v}");
+        let poll = format!("/auth/pair-request/{code}/status");
+        let (_, v) = call(&mut h, Method::Get, &poll, "", Value::Null);
+        assert_eq!(v["status"], "pending", "{v}");
+        assert!(h.relay.state.pairing_codes.is_empty());
+        let (status, v) = call(&mut h, Method::Post, &approve, &adm, Value::Null);
+        assert_eq!(status, 200, "{v}");
+        let (_, v) = call(&mut h, Method::Get, &poll, "", Value::Null);
+        assert_eq!(v["status"], "approved", "{v}");
+    }
+
+    #[test]
     fn failing_bookkeeping_retries_on_one_timer_with_backoff() {
         let mut h = H::new(Config::default());
         let key = h.api_key.clone();
