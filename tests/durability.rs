@@ -495,3 +495,37 @@ fn fifos_where_files_belong_are_refused_not_waited_on() {
         stderr_of(&o)
     );
 }
+
+#[test]
+fn refused_changes_are_not_retried_and_logged_once() {
+    let dir = TempDir::new("noretry");
+    let p = provision(dir.path());
+    let relay = match Relay::try_start_in(dir.path(), &[], &[(FAIL_SAVES, "1000000")]) {
+        Ok(r) => r,
+        Err(f) => panic!("did not start: {f:?}"),
+    };
+    let addr = relay.addr();
+    for i in 0..25 {
+        let r = post_json(
+            addr,
+            "/admin/api/keys",
+            &admin(&p),
+            &json!({"name": format!("k{i}")}),
+        );
+        assert_eq!(r.status, 503, "{r:?}");
+    }
+    let failed = |addr| {
+        let m = get(addr, "/metrics", &admin(&p)).text();
+        m.lines()
+            .find_map(|l| l.strip_prefix("fvtt_relay_state_saves_total{outcome=\"failed\"} "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no failed-saves counter in {m}"))
+    };
+    assert_eq!(failed(addr), 25, "one attempt per refused change");
+    // Watching for absence needs a window: a refused change has nothing left to retry, so
+    // no save may be attempted in it (the old loop retried each one every 2 s).
+    std::thread::sleep(secs(3));
+    assert_eq!(failed(addr), 25, "refused changes were retried");
+    let logs = relay.logs();
+    assert_eq!(logs.matches("saving the state failed").count(), 1, "{logs}");
+}
