@@ -82,6 +82,9 @@ pub struct Server {
     actions: Vec<Action>,
     persist: bool,
     shutdown_at: Option<Instant>,
+    /// World links kept open after SIGTERM because an HTTP caller still waits for their
+    /// reply; each gets its 1001 once none does, or when the grace ends.
+    held_links: Vec<ConnId>,
     date: DateCache,
     local_addr: SocketAddr,
     /// One read buffer for every connection (see `Conn::read_socket`).
@@ -173,6 +176,7 @@ impl Server {
             actions: Vec::new(),
             persist: false,
             shutdown_at: None,
+            held_links: Vec::new(),
             date: DateCache::new(),
             local_addr,
             scratch: vec![0u8; crate::conn::READ_CHUNK],
@@ -250,6 +254,9 @@ impl Server {
                     }
                 }
             }
+            if !self.held_links.is_empty() {
+                self.release_links(now, false);
+            }
             self.flush_dirty();
             self.reap();
             if let Some(at) = self.shutdown_at {
@@ -263,7 +270,12 @@ impl Server {
                             );
                         }
                     }
+                    // Grace over: the callers still waiting get 503 before their world link
+                    // closes (its close would fail them with 502 "Foundry client
+                    // disconnected", which blames the world for our exit).
                     self.fail_in_flight(Instant::now());
+                    self.release_links(Instant::now(), true);
+                    self.flush_dirty();
                     info!(
                         "shutdown complete ({} connections left open)",
                         self.conns.len()
@@ -287,7 +299,9 @@ impl Server {
     }
 
     /// Stop accepting, close WebSockets with 1001, end streams, let exchanges in flight
-    /// finish within the grace period.
+    /// finish within the grace period. A world link that an HTTP request in flight waits
+    /// on stays open until that request is answered (or the grace ends), so a world that
+    /// answers in time still reaches its caller (issue 15).
     fn begin_shutdown(&mut self, now: Instant) {
         info!(
             "shutting down: {} connections, grace {:?}",
@@ -301,8 +315,16 @@ impl Server {
         if let Err(e) = self.poll.registry().deregister(&mut self.listener) {
             warn!("deregister listener: {e}");
         }
-        let ids: Vec<ConnId> = self.conns.iter().map(|(_, c)| c.id).collect();
-        for id in ids {
+        let ids: Vec<(ConnId, bool)> = self
+            .conns
+            .iter()
+            .map(|(_, c)| (c.id, c.endpoint() == Some(Endpoint::Module)))
+            .collect();
+        for (id, module) in ids {
+            if module && self.relay.link_owes_http_reply(id) {
+                self.held_links.push(id);
+                continue;
+            }
             if let Some(c) = self.conn_mut(id) {
                 match &c.phase {
                     Phase::Ws(_) => c.close_with(&WsClose::GOING_AWAY, now),
@@ -313,6 +335,24 @@ impl Server {
             }
             self.mark_dirty(id);
         }
+    }
+
+    /// Close (1001) the held world links that no HTTP caller waits on any more, or all of
+    /// them when the grace is over (`all`).
+    fn release_links(&mut self, now: Instant, all: bool) {
+        let mut held = std::mem::take(&mut self.held_links);
+        held.retain(|&id| {
+            if !all && self.relay.link_owes_http_reply(id) {
+                return true;
+            }
+            if let Some(c) = self.conn_mut(id) {
+                c.close_with(&WsClose::GOING_AWAY, now);
+                self.mark_dirty(id);
+                self.rearm(id);
+            }
+            false
+        });
+        self.held_links = held;
     }
 
     /// The grace period is over: every HTTP exchange still waiting for the relay gets a 503
@@ -448,8 +488,10 @@ impl Server {
             return;
         }
         if c.closing_since.is_some() {
+            // The peer's EOF ends a closing connection only once everything queued for it
+            // has been written (the flush decides): a client that half-closes right after
+            // its request still reads our answer (issue 15).
             if c.eof {
-                c.dead = true;
                 self.mark_dirty(id);
             }
             return;
@@ -940,6 +982,7 @@ impl Server {
     // ---------------------------------------------------------------- output and reaping
 
     fn flush_dirty(&mut self) {
+        let now = Instant::now();
         let mut dirty = std::mem::take(&mut self.dirty);
         for id in dirty.drain(..) {
             let Some(c) = self.conns.get_mut(id.key) else {
@@ -953,7 +996,7 @@ impl Server {
                 self.doomed.push(id);
                 continue;
             }
-            match c.flush(self.cfg.write_budget_bytes) {
+            match c.flush(self.cfg.write_budget_bytes, now) {
                 Err(e) => {
                     debug!("{id} {}: write error: {e}", c.peer);
                     c.dead = true;
@@ -971,11 +1014,9 @@ impl Server {
                     c.outq.soft_since = None;
                     if c.closing_since.is_some() {
                         // Lingering close: FIN now, wait for the peer's EOF (or the
-                        // linger deadline) so unread input cannot reset our last bytes.
-                        if !c.wr_shut {
-                            let _ = c.sock.shutdown(Shutdown::Write);
-                            c.wr_shut = true;
-                        }
+                        // linger deadline, which starts here, after our last byte) so
+                        // unread input cannot reset our last bytes.
+                        c.start_linger(now);
                         if c.eof {
                             c.dead = true;
                             self.doomed.push(id);

@@ -180,6 +180,24 @@ impl Relay {
         self.lazy_dirty
     }
 
+    /// Whether an HTTP request forwarded over world link `link` is still unanswered (the
+    /// loop holds the link open at shutdown while one is).
+    pub fn link_owes_http_reply(&self, link: ConnId) -> bool {
+        self.pending.http_waiting_on(link)
+    }
+
+    /// (worlds online, client connections: SSE streams, `/ws/api` and `/ws/events`
+    /// sockets) for the systemd status line. Walks the subscriber table, so the loop
+    /// calls it at most once a second.
+    pub fn status_counts(&self) -> (usize, usize) {
+        let streams = self
+            .subs
+            .values()
+            .filter(|s| s.transport != hub::Transport::WsApi)
+            .count();
+        (self.worlds.len(), streams + self.api.len())
+    }
+
     /// Counters the loop bumps for connection-level outcomes (slow consumers, refusals).
     pub fn metrics_mut(&mut self) -> &mut Metrics {
         &mut self.metrics
