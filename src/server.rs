@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
@@ -31,6 +31,7 @@ use crate::metrics::SlowKind;
 use crate::outq::Flush;
 use crate::relay::io::{Action, Bytes, Endpoint, Input, Timer};
 use crate::relay::Relay;
+use crate::sdnotify::{self, Notifier};
 use crate::store::Store;
 use crate::ws::handshake;
 use crate::ws::link::{frame_text_into, WsEvent};
@@ -45,6 +46,14 @@ const WS_MESSAGES_PER_TURN: usize = 64;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How long after a failed `state.json` write the loop tries again.
 const SAVE_RETRY: Duration = Duration::from_secs(2);
+/// Least time between two systemd `STATUS=` updates: busy connect/disconnect churn costs
+/// one datagram a second at most.
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+/// TEST ONLY: when this variable holds a number of milliseconds, SIGUSR1 makes the loop
+/// sleep that long, as a wedged loop would (tests/sdnotify.rs proves the systemd watchdog
+/// then stops hearing from us). Only a local signal can trigger it, never a network peer;
+/// without the variable SIGUSR1 keeps its default action.
+const TEST_WEDGE_ENV: &str = "FVTT_RELAY_TEST_WEDGE_MS";
 
 pub const SERVER_NAME: &str = concat!("fvtt-relay/", env!("CARGO_PKG_VERSION"));
 
@@ -57,6 +66,10 @@ enum LoopTimer {
     ShutdownDeadline,
     /// A failed state save is tried again.
     RetrySave,
+    /// Time to tell systemd's watchdog that the loop is alive.
+    Watchdog,
+    /// A rate-limited `STATUS=` update is due.
+    Status,
 }
 
 pub struct Server {
@@ -91,6 +104,16 @@ pub struct Server {
     scratch: Vec<u8>,
     /// The origin of the timer grain (see `coarse`).
     epoch: Instant,
+    /// systemd notifications; inert without `NOTIFY_SOCKET`.
+    notify: Notifier,
+    /// (worlds online, clients) last sent as `STATUS=`, and when.
+    status_shown: Option<(usize, usize)>,
+    status_sent_at: Option<Instant>,
+    status_timer: bool,
+    /// Open client connections: SSE streams, `/ws/api` and `/ws/events` sockets.
+    clients: usize,
+    /// TEST ONLY: how long SIGUSR1 blocks the loop (`TEST_WEDGE_ENV`).
+    test_wedge: Option<Duration>,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -152,8 +175,15 @@ impl Server {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(|e| Fatal::Io(format!("register listener: {e}")))?;
-        let mut signals =
-            Signals::new([SIGTERM, SIGINT]).map_err(|e| Fatal::Io(format!("signals: {e}")))?;
+        let test_wedge = std::env::var(TEST_WEDGE_ENV)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_millis);
+        let mut wanted = vec![SIGTERM, SIGINT];
+        if test_wedge.is_some() {
+            wanted.push(SIGUSR1);
+        }
+        let mut signals = Signals::new(wanted).map_err(|e| Fatal::Io(format!("signals: {e}")))?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(|e| Fatal::Io(format!("register signals: {e}")))?;
@@ -181,6 +211,12 @@ impl Server {
             local_addr,
             scratch: vec![0u8; crate::conn::READ_CHUNK],
             epoch: Instant::now(),
+            notify: Notifier::from_env(),
+            status_shown: None,
+            status_sent_at: None,
+            status_timer: false,
+            clients: 0,
+            test_wedge,
         })
     }
 
@@ -192,6 +228,7 @@ impl Server {
     pub fn run(&mut self) -> Result<(), Fatal> {
         let mut events = Events::with_capacity(1024);
         let mut due = Vec::new();
+        self.notify_ready(Instant::now());
         loop {
             let now = Instant::now();
             let mut timeout = self.timers.next_timeout(now);
@@ -259,6 +296,9 @@ impl Server {
             }
             self.flush_dirty();
             self.reap();
+            if self.notify.enabled() && self.shutdown_at.is_none() {
+                self.update_status(now);
+            }
             if let Some(at) = self.shutdown_at {
                 if self.conns.is_empty() || Instant::now() >= at {
                     // Last-used times wait for a timer that will not fire now: save them.
@@ -286,12 +326,62 @@ impl Server {
         }
     }
 
+    /// systemd: we listen and the state is loaded (`Server::bind` ran after `Store::open`),
+    /// so dependent units may start. The watchdog's first due time is armed here.
+    fn notify_ready(&mut self, now: Instant) {
+        if !self.notify.enabled() {
+            return;
+        }
+        let cur = (self.relay.worlds_online(), self.clients);
+        self.notify.send(&format!(
+            "READY=1\nSTATUS={}",
+            sdnotify::status_line(cur.0, cur.1)
+        ));
+        self.status_shown = Some(cur);
+        self.status_sent_at = Some(now);
+        if let Some(every) = self.notify.watchdog() {
+            info!("systemd watchdog: WATCHDOG=1 every {every:?}");
+            self.timers.arm(now + every, LoopTimer::Watchdog);
+        }
+    }
+
+    /// Send `STATUS=` when the worlds or clients changed, at most once per
+    /// `STATUS_INTERVAL`. A change inside the interval arms one timer for its end, so the
+    /// last change is always shown and an idle relay is never woken for nothing.
+    fn update_status(&mut self, now: Instant) {
+        let cur = (self.relay.worlds_online(), self.clients);
+        if self.status_shown == Some(cur) {
+            return;
+        }
+        if let Some(due) = self.status_sent_at.map(|t| t + STATUS_INTERVAL) {
+            if now < due {
+                if !self.status_timer {
+                    self.status_timer = true;
+                    self.timers.arm(due, LoopTimer::Status);
+                }
+                return;
+            }
+        }
+        self.notify
+            .send(&format!("STATUS={}", sdnotify::status_line(cur.0, cur.1)));
+        self.status_shown = Some(cur);
+        self.status_sent_at = Some(now);
+    }
+
     fn on_signals(&mut self, now: Instant) {
         let mut stop = false;
+        let mut wedge = false;
         for sig in self.signals.pending() {
             if sig == SIGTERM || sig == SIGINT {
                 stop = true;
             }
+            if sig == SIGUSR1 {
+                wedge = true;
+            }
+        }
+        if let Some(d) = self.test_wedge.filter(|_| wedge) {
+            warn!("SIGUSR1: blocking the loop for {d:?} ({TEST_WEDGE_ENV}, test only)");
+            std::thread::sleep(d);
         }
         if stop && self.shutdown_at.is_none() {
             self.begin_shutdown(now);
@@ -308,7 +398,11 @@ impl Server {
             self.conns.len(),
             self.cfg.shutdown_grace
         );
-        crate::sdnotify::notify("STOPPING=1");
+        self.notify.send(&format!(
+            "STOPPING=1\nSTATUS=Shutting down: {} connections, grace {:?}",
+            self.conns.len(),
+            self.cfg.shutdown_grace
+        ));
         let at = now + self.cfg.shutdown_grace;
         self.shutdown_at = Some(at);
         self.timers.arm(at, LoopTimer::ShutdownDeadline);
@@ -753,6 +847,7 @@ impl Server {
                 );
                 c.outq.push(head);
                 c.start_sse(&cfg, now);
+                self.clients += 1;
                 self.mark_dirty(conn);
                 self.rearm(conn);
             }
@@ -826,6 +921,9 @@ impl Server {
         c.outq.push(handshake::response_101(&accept, SERVER_NAME));
         c.upgrade_ws(endpoint, &cfg, now);
         debug!("{id} {} upgraded to {}", c.peer, endpoint.name());
+        if matches!(endpoint, Endpoint::Api | Endpoint::Events) {
+            self.clients += 1;
+        }
         self.ready.push(id);
         self.mark_dirty(id);
         self.rearm(id);
@@ -976,6 +1074,15 @@ impl Server {
             }
             LoopTimer::ShutdownDeadline => {}
             LoopTimer::RetrySave => self.persist = true,
+            LoopTimer::Watchdog => {
+                // Sent from the loop's own timer: a wedged loop stops feeding the watchdog,
+                // and systemd restarts us (WatchdogSec= in deploy/fvtt-relay.service).
+                self.notify.send("WATCHDOG=1");
+                if let Some(every) = self.notify.watchdog() {
+                    self.timers.arm(now + every, LoopTimer::Watchdog);
+                }
+            }
+            LoopTimer::Status => self.status_timer = false,
         }
     }
 
@@ -1077,6 +1184,9 @@ impl Server {
                     continue;
                 }
                 let mut c = self.conns.remove(id.key);
+                if c.is_sse() || matches!(c.endpoint(), Some(Endpoint::Api | Endpoint::Events)) {
+                    self.clients = self.clients.saturating_sub(1);
+                }
                 let m = self.relay.metrics_mut();
                 m.connections_open = m.connections_open.saturating_sub(1);
                 let _ = self.poll.registry().deregister(&mut c.sock);

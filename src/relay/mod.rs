@@ -186,16 +186,9 @@ impl Relay {
         self.pending.http_waiting_on(link)
     }
 
-    /// (worlds online, client connections: SSE streams, `/ws/api` and `/ws/events`
-    /// sockets) for the systemd status line. Walks the subscriber table, so the loop
-    /// calls it at most once a second.
-    pub fn status_counts(&self) -> (usize, usize) {
-        let streams = self
-            .subs
-            .values()
-            .filter(|s| s.transport != hub::Transport::WsApi)
-            .count();
-        (self.worlds.len(), streams + self.api.len())
+    /// Worlds with a live link (the systemd status line).
+    pub fn worlds_online(&self) -> usize {
+        self.worlds.len()
     }
 
     /// Counters the loop bumps for connection-level outcomes (slow consumers, refusals).
