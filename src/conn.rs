@@ -62,8 +62,6 @@ pub struct HttpPhase {
     head_started: Option<Instant>,
     /// When the connection last became idle between requests (keep-alive deadline).
     idle_since: Instant,
-    /// The peer half-closed; finish what is buffered, then close.
-    peer_eof: bool,
     /// Keep-alive, HEAD-ness and version of the request in flight, for its response.
     pub cur_keep_alive: bool,
     pub cur_head: bool,
@@ -181,7 +179,6 @@ impl Conn {
                 awaiting: false,
                 head_started: None,
                 idle_since: now,
-                peer_eof: false,
                 cur_keep_alive: true,
                 cur_head: false,
                 cur_minor: 1,
@@ -413,13 +410,11 @@ impl Conn {
         matches!(&self.phase, Phase::Http(h) if h.awaiting)
     }
 
-    /// EOF while in HTTP: finish the exchange in flight, then close.
-    pub fn http_eof_should_close(&mut self) -> bool {
-        match &mut self.phase {
-            Phase::Http(h) => {
-                h.peer_eof = true;
-                !h.awaiting
-            }
+    /// EOF while in HTTP and no complete request buffered: close, unless a request is in
+    /// flight (its answer, and the pipelined requests behind it, come first: `http_meta`).
+    pub fn http_eof_should_close(&self) -> bool {
+        match &self.phase {
+            Phase::Http(h) => !h.awaiting,
             _ => true,
         }
     }
