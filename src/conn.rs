@@ -532,6 +532,15 @@ impl Conn {
     pub fn flush(&mut self, budget: usize, now: Instant) -> io::Result<Flush> {
         let before = self.outq.written_total;
         let r = self.outq.write_to(&mut self.sock, budget)?;
+        if r == Flush::Drained && self.write_stall_from.is_some() {
+            // A response that took a while to leave: the keep-alive idle time starts now,
+            // not when it was queued.
+            if let Phase::Http(h) = &mut self.phase {
+                if !h.awaiting {
+                    h.idle_since = now;
+                }
+            }
+        }
         self.write_stall_from = match r {
             Flush::Drained => None,
             _ if self.outq.written_total != before => Some(now),

@@ -20,11 +20,22 @@ const T: Duration = DEFAULT_TIMEOUT;
 /// Reads `stream` to EOF in small pieces with a pause between them: a slow but steady
 /// reader. Gives up (returning what it has) after `limit`.
 fn read_slowly(stream: &mut TcpStream, piece: usize, pause: Duration, limit: Duration) -> Vec<u8> {
+    read_slowly_until(stream, piece, pause, limit, |_| false)
+}
+
+/// `read_slowly`, stopping early once `done` says the bytes so far are enough.
+fn read_slowly_until(
+    stream: &mut TcpStream,
+    piece: usize,
+    pause: Duration,
+    limit: Duration,
+    done: impl Fn(&[u8]) -> bool,
+) -> Vec<u8> {
     let deadline = Instant::now() + limit;
     let mut out = Vec::new();
     let mut buf = vec![0u8; piece];
     let _ = stream.set_read_timeout(Some(secs(5)));
-    while Instant::now() < deadline {
+    while Instant::now() < deadline && !done(&out) {
         match stream.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => out.extend_from_slice(&buf[..n]),
@@ -80,6 +91,70 @@ fn close_linger_does_not_cut_a_slow_download() {
         p.relay.logs()
     );
     assert!(body == pattern_bytes(SIZE), "download corrupted");
+}
+
+/// The same for a keep-alive response: `--keepalive-timeout` bounds the idle time between
+/// requests, not the time a response takes to leave (it used to cut this download).
+#[test]
+fn keepalive_timeout_does_not_cut_a_slow_download() {
+    const SIZE: usize = 8 << 20;
+    let p = start_provisioned(&["--keepalive-timeout", "1s"]);
+    let world = p.world();
+    world.set_download_mib(SIZE >> 20);
+    let raw = build_request(
+        "GET",
+        "/download?path=big%2Ffile.bin",
+        "x",
+        &[("x-api-key", p.keys.api_key.as_str())],
+        None,
+    );
+    let mut c = HttpConn::to(&p.relay);
+    c.send(&raw).unwrap();
+    let (mut stream, mut got) = c.into_parts();
+    let head_len = |b: &[u8]| b.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    got.extend(read_slowly_until(
+        &mut stream,
+        64 << 10,
+        millis(20),
+        secs(60),
+        |b| head_len(b).is_some_and(|h| b.len() >= h + SIZE),
+    ));
+    let h = head_len(&got).unwrap_or_else(|| panic!("no head in {} bytes", got.len()));
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    assert_eq!(
+        got.len() - h,
+        SIZE,
+        "slow keep-alive reader got {} of {SIZE}; logs:\n{}",
+        got.len() - h,
+        p.relay.logs()
+    );
+}
+
+/// A response nobody reads is not kept forever: with no write progress for
+/// `--slow-consumer-grace` the connection is dropped.
+#[test]
+fn a_response_that_never_drains_is_dropped() {
+    let p = start_provisioned(&["--slow-consumer-grace", "1s", "--log-level", "debug"]);
+    let world = p.world();
+    world.set_download_mib(16);
+    let raw = build_request(
+        "GET",
+        "/download?path=big%2Ffile.bin",
+        "x",
+        &[("x-api-key", p.keys.api_key.as_str())],
+        None,
+    );
+    let mut c = HttpConn::to(&p.relay);
+    c.send(&raw).unwrap();
+    // Never read: the socket buffers fill, the relay's queue stops moving.
+    assert!(
+        wait_for(secs(15), || p
+            .relay
+            .logs()
+            .contains("no write progress on a response")),
+        "stalled response never dropped; logs:\n{}",
+        p.relay.logs()
+    );
 }
 
 /// The linger still ends a connection whose peer never sends its FIN: after our last byte,
