@@ -173,6 +173,22 @@ fn notification_sequence(abstract_name: bool) {
         inbox.lines()
     );
 
+    // STATUS= is rate-limited: never two within a second (the READY datagram counts).
+    let status_times: Vec<Instant> = inbox
+        .all()
+        .into_iter()
+        .filter(|(_, l)| l.starts_with("STATUS="))
+        .map(|(t, _)| t)
+        .collect();
+    assert!(
+        status_times.windows(2).all(|w| w[1] - w[0] >= millis(900)),
+        "STATUS= more often than once a second: {:?}",
+        status_times
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .collect::<Vec<_>>()
+    );
+
     // WATCHDOG=1 keeps coming, every half WATCHDOG_USEC.
     assert!(
         wait_for(secs(10), || inbox.watchdog_times().len() >= 8),
