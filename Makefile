@@ -5,6 +5,7 @@
 #   make test         lint, unit + integration tests, quick Autobahn run (what CI runs)
 #   make conformance  full Autobahn run (301 cases) against a release build
 #   make lint         rustfmt check and clippy with warnings as errors
+#   make check-unit   systemd-analyze verify + security score of deploy/fvtt-relay.service
 #   make fmt          format the code
 #   make docs         regenerate docs/CONFIG.md from src/config.rs
 #   make bench        benchmarks (BENCH_QUICK=1 for `make bench-quick`)
@@ -15,14 +16,42 @@ CARGO    ?= cargo
 LISTEN   ?= 127.0.0.1:3010
 DATA_DIR ?= ./data
 
-.PHONY: run test test-deps unit conformance lint fmt docs bench bench-quick bench-compare clean tools
+.PHONY: run test test-deps unit conformance lint fmt docs bench bench-quick bench-compare clean tools check-unit
 
 run:
 	$(CARGO) build --release
 	target/release/fvtt-relay --listen $(LISTEN) --data-dir $(DATA_DIR)
 
-test: lint test-deps unit
+test: lint test-deps unit check-unit
 	scripts/conformance.sh --quick
+
+# deploy/fvtt-relay.service must load in systemd and keep its hardening. `verify` checks
+# that ExecStart's program exists, so it runs on a copy whose ExecStart names the binary
+# just built (the rest of the unit unchanged). verify only warns about a bad value or an
+# unknown key ("ignoring"), so any remark on our file fails the check. `security` must
+# stay at exposure 1.7 or better (it is 1.5). Skipped where systemd-analyze is missing;
+# the score check where it predates --offline (systemd 250).
+UNIT_CHECK = target/unit-check/fvtt-relay.service
+check-unit:
+	@if ! command -v systemd-analyze >/dev/null 2>&1; then \
+		echo "systemd-analyze not found: unit check SKIPPED"; exit 0; \
+	fi; \
+	$(CARGO) build --quiet && mkdir -p $(dir $(UNIT_CHECK)) && \
+	sed -E 's|^ExecStart=[^ ]+|ExecStart=$(CURDIR)/target/debug/fvtt-relay|' \
+		deploy/fvtt-relay.service > $(UNIT_CHECK) && \
+	echo "systemd-analyze verify deploy/fvtt-relay.service" && \
+	systemd-analyze verify $(UNIT_CHECK) > $(UNIT_CHECK).verify 2>&1; rc=$$?; \
+	cat $(UNIT_CHECK).verify; \
+	if [ $$rc -ne 0 ] || grep -q 'fvtt-relay.service:' $(UNIT_CHECK).verify; then \
+		echo "deploy/fvtt-relay.service: systemd-analyze verify failed" >&2; exit 1; \
+	fi; \
+	if systemd-analyze security --help 2>/dev/null | grep -q -- --offline; then \
+		systemd-analyze security --offline=yes --threshold=17 $(UNIT_CHECK) > $(UNIT_CHECK).security; \
+		rc=$$?; tail -n 1 $(UNIT_CHECK).security; \
+		[ $$rc -eq 0 ] || { echo "deploy/fvtt-relay.service: exposure above 1.7" >&2; exit 1; }; \
+	else \
+		echo "systemd-analyze security --offline unsupported: score check SKIPPED"; \
+	fi
 
 # The admin page's browser test needs Chromium (Debian's package). Installed here when we can
 # (root, apt); otherwise tests/admin_browser.rs tries itself and, failing that, says SKIPPED.

@@ -299,7 +299,9 @@ options! {
         outq_hard_messages: usize = count("4096"), "messages";
         /// Bytes written to one connection per loop turn before the others get their turn.
         write_budget_bytes: usize = size("4M"), "bytes";
-        /// A client over the soft limit for this long is closed.
+        /// A client over the soft limit for this long is closed; so is an HTTP response
+        /// or a closing connection that writes nothing at all for this long (a slow but
+        /// moving reader is never cut).
         slow_consumer_grace: Duration = duration("10s"), "time";
         /// Hard byte limit for the queue towards a world link, which carries multi-MB
         /// uploads; must hold at least one --module-max-message.

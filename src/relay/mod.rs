@@ -155,6 +155,17 @@ impl Relay {
         }
     }
 
+    /// Whether an HTTP request forwarded over world link `link` is still unanswered (the
+    /// loop holds the link open at shutdown while one is).
+    pub fn link_owes_http_reply(&self, link: ConnId) -> bool {
+        self.pending.http_waiting_on(link)
+    }
+
+    /// Worlds with a live link (the systemd status line).
+    pub fn worlds_online(&self) -> usize {
+        self.worlds.len()
+    }
+
     /// Counters the loop bumps for connection-level outcomes (slow consumers, refusals).
     pub fn metrics_mut(&mut self) -> &mut Metrics {
         &mut self.metrics

@@ -150,6 +150,15 @@ impl Pending {
             .count()
     }
 
+    /// Whether an HTTP caller still waits for a reply from `link`. At shutdown the loop
+    /// keeps such a world link open until none does (a `/ws/api` caller's socket is
+    /// already closing then, so its reply could not be delivered anyway).
+    pub fn http_waiting_on(&self, link: ConnId) -> bool {
+        self.by_id
+            .values()
+            .any(|w| w.link == link && matches!(w.caller, Caller::Http { .. }))
+    }
+
     pub fn len(&self) -> usize {
         self.by_id.len()
     }
