@@ -29,6 +29,18 @@ use crate::store::{self, Store};
 pub const ADDR_FILE: &str = "relay.addr";
 /// The file holding the admin key (0600), written on first start and by `admin-key --rotate`.
 pub const ADMIN_KEY_FILE: &str = "admin.key";
+
+/// The admin page's address for the start-up log: under `--public-url` when set, else the
+/// listening address (a wildcard one names no host a browser can use, so it says so).
+pub fn admin_page_url(public_url: Option<&str>, addr: std::net::SocketAddr) -> String {
+    if let Some(u) = public_url {
+        return format!("{}/admin", u.trim_end_matches('/'));
+    }
+    if addr.ip().is_unspecified() {
+        return format!("http://<this machine's address>:{}/admin", addr.port());
+    }
+    format!("http://{addr}/admin")
+}
 /// How long the CLI waits for the running relay to answer.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -574,6 +586,23 @@ mod tests {
 
     fn args(s: &str) -> Vec<String> {
         s.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn admin_page_url_names_a_host_a_browser_can_use() {
+        let a = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        assert_eq!(
+            admin_page_url(None, a("127.0.0.1:3010")),
+            "http://127.0.0.1:3010/admin"
+        );
+        assert_eq!(
+            admin_page_url(None, a("0.0.0.0:3010")),
+            "http://<this machine's address>:3010/admin"
+        );
+        assert_eq!(
+            admin_page_url(Some("https://relay.example.com/"), a("0.0.0.0:3010")),
+            "https://relay.example.com/admin"
+        );
     }
 
     #[test]

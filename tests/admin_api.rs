@@ -50,11 +50,20 @@ fn sign_in_session_and_csrf() {
 
     let c = [("Cookie", cookie.as_str())];
     let r = get(addr, "/admin/api/session", &c);
-    assert_eq!(r.json(), json!({"csrfToken": csrf}));
-    assert_eq!(get(addr, "/admin/api/session", &[]).status, 401);
-    assert_eq!(
-        get(addr, "/admin/api/session", &[("Cookie", "fvtt_admin=nope")]).status,
-        401
+    assert_eq!(r.json(), json!({"signedIn": true, "csrfToken": csrf}));
+    // Signed out is an answer (200), not an error: the page logs no failed request.
+    let out = get(addr, "/admin/api/session", &[]);
+    assert_eq!(out.status, 200);
+    assert_eq!(out.json(), json!({"signedIn": false}));
+    // A stale cookie (expired, or the relay restarted) comes back with the reason.
+    let stale = get(addr, "/admin/api/session", &[("Cookie", "fvtt_admin=nope")]);
+    assert_eq!(stale.status, 200);
+    assert_eq!(stale.json()["signedIn"], json!(false));
+    assert!(
+        stale.json()["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("restarted")),
+        "{stale:?}"
     );
     assert_eq!(get(addr, "/admin/api/keys", &c).status, 200);
 
@@ -104,7 +113,10 @@ fn sign_in_session_and_csrf() {
     assert!(r
         .header("set-cookie")
         .is_some_and(|s| s.contains("Max-Age=0")));
-    assert_eq!(get(addr, "/admin/api/session", &c).status, 401);
+    assert_eq!(
+        get(addr, "/admin/api/session", &c).json()["signedIn"],
+        json!(false)
+    );
     assert_eq!(get(addr, "/admin/api/keys", &c).status, 401);
 }
 

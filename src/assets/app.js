@@ -158,10 +158,14 @@ async function boot() {
   $('logout').addEventListener('click', onLogout);
   try {
     const s = await api('GET', '/admin/api/session');
-    csrf = str(s.csrfToken);
-    enter();
+    if (s.signedIn) {
+      csrf = str(s.csrfToken);
+      enter();
+    } else {
+      showLogin(str(s.reason));
+    }
   } catch (e) {
-    showLogin(e.status === 401 ? '' : e.message);
+    showLogin(e.message);
   }
 }
 

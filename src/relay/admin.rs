@@ -33,6 +33,9 @@ use crate::store::{ApiKey, ConnToken, KnownWorld};
 
 /// The session cookie's name.
 pub const COOKIE: &str = "fvtt_admin";
+/// Why a browser holding a session cookie is signed out.
+const SESSION_GONE: &str =
+    "Your session has ended: it expired, or the relay restarted (sessions are kept in memory only). Sign in again.";
 /// Sessions kept at once; the oldest goes first (one owner rarely has more than a few).
 const MAX_SESSIONS: usize = 32;
 
@@ -42,6 +45,7 @@ const ADMIN_HTML: &str = include_str!("../assets/admin.html");
 const PAIR_HTML: &str = include_str!("../assets/pair.html");
 const APP_JS: &str = include_str!("../assets/app.js");
 const APP_CSS: &str = include_str!("../assets/app.css");
+const INDEX_HTML: &str = include_str!("../assets/index.html");
 
 /// A signed-in admin page.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -186,6 +190,29 @@ fn page(content_type: &'static str, body: &'static str) -> Response {
     r
 }
 
+/// `GET /` for a browser (its `Accept` names text/html): a small page naming the relay and its
+/// version, with the way to the admin page. API clients keep `{"status":"ok"}`.
+pub(crate) fn landing_page() -> Response {
+    let html = INDEX_HTML.replace("{{VERSION}}", env!("CARGO_PKG_VERSION"));
+    let mut r = Response::new(200).header("Content-Type", "text/html; charset=utf-8");
+    r.body = Body::Bytes(html.into_bytes());
+    secured(r)
+}
+
+/// Whether a request comes from a browser navigating to a page: its `Accept` lists text/html
+/// (RFC 9110 §12.5.1; an API client sends `*/*`, `application/json`, or nothing).
+pub(crate) fn wants_html(head: &Head) -> bool {
+    head.header("accept").is_some_and(|a| {
+        a.split(',').any(|m| {
+            m.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("text/html")
+        })
+    })
+}
+
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct LoginBody {
@@ -320,11 +347,24 @@ impl Relay {
         let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
         match (m, segs.as_slice()) {
             (Method::Post, ["login"]) => return self.login(peer, body, now, now_ms),
+            // The page asks on every load: "signed out" is an answer, not an error, so a
+            // signed-out load logs no failed request. A cookie naming no live session means
+            // it expired or the relay restarted (sessions are in memory); the sign-in page
+            // says so.
             (Method::Get, ["session"]) => {
                 return match self.live_session(head, now_ms) {
-                    Some((_, s)) => Response::json(200, &json!({"csrfToken": s.csrf})),
-                    None => Response::error(401, "Not signed in"),
-                }
+                    Some((_, s)) => {
+                        Response::json(200, &json!({"signedIn": true, "csrfToken": s.csrf}))
+                    }
+                    None if head
+                        .header("cookie")
+                        .and_then(|c| cookie_value(c, COOKIE))
+                        .is_some_and(|v| !v.is_empty()) =>
+                    {
+                        Response::json(200, &json!({"signedIn": false, "reason": SESSION_GONE}))
+                    }
+                    None => Response::json(200, &json!({"signedIn": false})),
+                };
             }
             _ => {}
         }

@@ -114,6 +114,11 @@ impl Relay {
                 let doc = super::docs::asyncapi(&self.routes, &self.docs_server_url(peer, head));
                 return self.respond(conn, 200, doc, out);
             }
+            (Method::Get | Method::Head, "/") if super::admin::wants_html(head) => {
+                let resp = super::admin::landing_page();
+                out.push(Action::Respond { conn, resp });
+                return;
+            }
             (Method::Get | Method::Head, "/") => {
                 return self.respond(conn, 200, json!({"status": "ok"}), out)
             }
