@@ -5,7 +5,8 @@
 //! scripts), or the page's session cookie `fvtt_admin` from `POST /admin/api/login`. A session
 //! must also send `X-CSRF-Token` on every POST/PATCH/DELETE: the cookie is `SameSite=Strict`
 //! already, and the token is the second lock for browsers or proxies that ignore it. Sessions
-//! live in memory only, so a restart (or an admin key rotation) signs the owner out.
+//! live in memory only, so a restart (or an admin key rotation) signs the owner out; the
+//! session check (`GET /admin/api/session`) then tells the page why.
 //!
 //! Every `/admin*` and `/pair/*` response carries `Cache-Control: no-store` and the security
 //! headers of relay-protocol.md §6.4, and no CORS header: these routes are same-origin only.
