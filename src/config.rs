@@ -325,6 +325,9 @@ options! {
         sse_keepalive: Duration = duration("15s"), "time";
         /// Reconnect delay advertised to SSE clients in the `retry:` field.
         sse_retry: Duration = duration("3s"), "time";
+        /// Reconnect delay sent (`retry:`) to an SSE stream refused because its channel is full,
+        /// so a browser's EventSource backs off instead of retrying every few seconds.
+        sse_refused_retry: Duration = duration("60s"), "time";
         /// Events kept per world for Last-Event-ID and `since` resumes.
         ring_events: usize = count("1000"), "events";
         /// Bytes of events kept per world for resumes; the oldest go first.
@@ -985,6 +988,7 @@ mod tests {
             sse_max_per_channel: 10,
             sse_keepalive: secs(15),
             sse_retry: secs(3),
+            sse_refused_retry: secs(60),
             ring_events: 1000,
             ring_bytes: 4 * M,
             pairing_code_ttl: secs(600),
