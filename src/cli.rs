@@ -352,6 +352,16 @@ fn print_worlds(worlds: &[Value], out: &mut dyn Write) {
             w["systemId"].as_str().unwrap_or(""),
             ms_label(&w["lastSeen"]),
         );
+        // Why it is offline (the running relay's words), else the last link event kept in
+        // the state file.
+        let why = w["offlineReason"].as_str().or_else(|| {
+            (w["isOnline"] != true)
+                .then(|| w["lastLink"]["text"].as_str())
+                .flatten()
+        });
+        if let Some(why) = why {
+            let _ = writeln!(out, "\t{why}");
+        }
     }
 }
 

@@ -267,6 +267,9 @@ options! {
         /// A world link with no frame at all for this long is dropped. Liveness rests on
         /// control pings: the module never answers a JSON ping (module-protocol.md).
         module_idle_timeout: Duration = duration("40s"), "time";
+        /// Link events (connected, closed, refused) kept per paired world for "why is it
+        /// offline?" on the admin page, `fvtt-relay worlds` and API errors.
+        world_history: usize = count("8"), "events";
         /// Largest message on /ws/api.
         api_max_message: usize = size("1M"), "bytes";
         /// Largest single frame on /ws/api.
@@ -327,7 +330,7 @@ options! {
         sse_retry: Duration = duration("3s"), "time";
         /// Reconnect delay sent (`retry:`) to an SSE stream refused because its channel is full,
         /// so a browser's EventSource backs off instead of retrying every few seconds.
-        sse_refused_retry: Duration = duration("60s"), "time";
+        sse_refused_retry: Duration = duration("1m"), "time";
         /// Events kept per world for Last-Event-ID and `since` resumes.
         ring_events: usize = count("1000"), "events";
         /// Bytes of events kept per world for resumes; the oldest go first.
@@ -964,6 +967,7 @@ mod tests {
             module_max_frame: 64 * M,
             module_ping_interval: secs(20),
             module_idle_timeout: secs(40),
+            world_history: 8,
             api_max_message: M,
             api_max_frame: M,
             api_ping_interval: secs(30),

@@ -139,6 +139,20 @@ pub struct KnownWorld {
     pub server_fingerprint: String,
     pub paired_ms: u64,
     pub last_seen_ms: Option<u64>,
+    /// The world's latest link event in words (relay/history.rs), so "why is it offline?"
+    /// still has an answer after a restart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_link: Option<LinkNote>,
+}
+
+/// One link event of a world, as words and a time (relay/history.rs words it).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(default)]
+pub struct LinkNote {
+    pub at_ms: u64,
+    /// `connected`, `closed` or `refused`.
+    pub kind: String,
+    pub text: String,
 }
 
 /// A 6-character pairing code (relay-protocol.md §5.6: single use, 10 min).

@@ -856,6 +856,40 @@ fn owner_signs_in_creates_a_key_and_approves_a_pairing() {
             "a pairing code",
             "document.getElementById('code-value').textContent.length === 6",
         );
+        // A second world that connected and went away: its row says why it is offline.
+        let code = post_json(
+            addr,
+            "/admin/api/pairing-codes",
+            &[("x-api-key", admin_key.as_str())],
+            &json!({}),
+        );
+        let code = code.json()["code"].as_str().unwrap_or_default().to_string();
+        let paired = post_json(
+            addr,
+            "/auth/pair",
+            &[],
+            &json!({"code": code, "worldId": "lost-mine", "worldTitle": "Lost Mine"}),
+        );
+        expect_status(&paired, 200, "second POST /auth/pair");
+        let paired = paired.json();
+        let mut gone = FakeWorld::online(
+            addr,
+            paired["clientId"].as_str().unwrap_or_default(),
+            paired["token"].as_str().unwrap_or_default(),
+        );
+        page.wait(
+            "the second world online",
+            "document.querySelectorAll('#world-list .badge.ok').length === 2",
+        );
+        gone.stop();
+        page.wait(
+            "why the second world is offline",
+            "[...document.querySelectorAll('#world-list .why')].some(p => \
+               p.textContent.startsWith(\"The GM's browser closed the connection\"))",
+        );
+        page.js(
+            "document.querySelectorAll('#world-list details.history').forEach(d => d.open = true)",
+        );
         // An event opened: its JSON is a scrollable region keyboard users can reach.
         page.js("document.querySelector('#ev-list details').open = true");
         page.axe("the admin page (light)", &axe);

@@ -244,7 +244,8 @@ function renderWorlds(d) {
         el('div', { class: 'meta' }, system(w), ' · Foundry ', str(w.foundryVersion) || '?'),
         el('div', { class: 'meta' }, w.isOnline ? ['connected ', when(w.connectedSince)] : ['last seen ', when(w.lastSeen)],
           ' · paired ', when(w.pairedAt, 'unknown')),
-        el('div', { class: 'meta mono' }, str(w.clientId))),
+        el('div', { class: 'meta mono' }, str(w.clientId)),
+        worldWhy(w)),
       el('div', { class: 'actions' },
         el('button', { type: 'button', class: 'danger small', onclick: (ev) => {
           if (!confirm('Unpair "' + name + '"? Its connection tokens stop working and it disconnects.')) return;
@@ -260,6 +261,25 @@ function renderWorlds(d) {
   // Keys and tokens show world names: redraw them with the new ones.
   if (A.data.keys) renderKeys(A.data.keys);
   if (A.data.tokens) renderTokens(A.data.tokens);
+}
+
+// "Why is my world offline?": the last link event in words (and a refusal while online,
+// e.g. another browser holding the slot), then the world's recent link events.
+function worldWhy(w) {
+  const hist = Array.isArray(w.history) ? w.history : [];
+  const last = hist.length ? hist[hist.length - 1] : null;
+  let line = null;
+  if (last && last.kind !== 'connected' && (!w.isOnline || last.kind === 'refused')) {
+    line = [str(last.text), ' · ', when(last.at)];
+  } else if (!w.isOnline && w.offlineReason) {
+    line = str(w.offlineReason);
+  }
+  return [
+    line ? el('p', { class: 'why' + (w.isOnline ? ' warn' : '') }, line) : null,
+    hist.length ? el('details', { class: 'meta history' },
+      el('summary', {}, 'Connection history (' + hist.length + ')'),
+      el('ul', {}, hist.slice().reverse().map((e) => el('li', {}, when(e.at), ': ', str(e.text))))) : null,
+  ];
 }
 
 function renderRequests(d) {

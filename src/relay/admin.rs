@@ -172,6 +172,7 @@ pub fn world_json(w: &KnownWorld, live: Option<&Live>) -> Value {
         "connectedSince": since,
         "lastSeen": seen,
         "pairedAt": w.paired_ms,
+        "lastLink": w.last_link.as_ref().map(|n| json!({"at": n.at_ms, "kind": n.kind, "text": n.text})),
     })
 }
 
@@ -389,7 +390,16 @@ impl Relay {
                     .state
                     .worlds
                     .iter()
-                    .map(|w| world_json(w, self.worlds.get(&w.client_id)))
+                    .map(|w| {
+                        let live = self.worlds.get(&w.client_id);
+                        let mut v = world_json(w, live);
+                        // "Why is it offline?" (relay/history.rs).
+                        v["history"] = self.history_json(&w.client_id);
+                        if live.is_none() {
+                            v["offlineReason"] = json!(self.why_offline(&w.client_id));
+                        }
+                        v
+                    })
                     .collect();
                 Response::json(200, &json!({"worlds": worlds}))
             }
@@ -566,6 +576,7 @@ impl Relay {
         if let Some(conn) = link {
             self.close_world_link(conn, "Unpaired by owner", now, out);
         }
+        self.history.forget_world(id);
         info!("world {id} unpaired by the owner");
         Response::json(200, &json!({"success": true}))
     }

@@ -601,6 +601,9 @@ impl Relay {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
+        // Every caller is an owner's action: revoking, unpairing, narrowing allowed IPs.
+        self.history
+            .note_close(conn, 4002, reason, super::history::By::Owner);
         self.module_closed(conn, now, out);
         self.roles.remove(&conn);
         self.owner.link_tokens.remove(&conn);
