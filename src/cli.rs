@@ -1,5 +1,5 @@
 //! The owner's command line: `fvtt-relay key create|list|revoke`, `pair`, `worlds`, `unpair`,
-//! `admin-key [--rotate]`.
+//! `admin-key [--rotate]`, `status`.
 //!
 //! Each command works in two modes, chosen by the data directory's lock:
 //! - relay running (the lock is held): the command calls the relay's admin API on loopback,
@@ -44,7 +44,7 @@ pub fn admin_page_url(public_url: Option<&str>, addr: std::net::SocketAddr) -> S
 /// How long the CLI waits for the running relay to answer.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
-const COMMANDS: [&str; 5] = ["key", "pair", "worlds", "unpair", "admin-key"];
+const COMMANDS: [&str; 6] = ["key", "pair", "worlds", "unpair", "admin-key", "status"];
 
 /// Whether `first` (the first argument) names a subcommand rather than a relay option.
 pub fn is_command(first: &str) -> bool {
@@ -70,6 +70,13 @@ const USAGE_WORLDS: &str = "\
 Usage: fvtt-relay worlds [--json]
 
 List the paired worlds and whether each is online.
+";
+const USAGE_STATUS: &str = "\
+Usage: fvtt-relay status [--json]
+
+Ask the running relay (through its admin API on loopback): listening address, uptime, worlds
+online and offline with when each was last seen and its last close (code, reason, in words),
+open connections by kind, and the state file.
 ";
 const USAGE_UNPAIR: &str = "\
 Usage: fvtt-relay unpair CLIENT_ID
@@ -181,6 +188,7 @@ fn usage_of(cmd: &str) -> &'static str {
         "pair" => USAGE_PAIR,
         "worlds" => USAGE_WORLDS,
         "unpair" => USAGE_UNPAIR,
+        "status" => USAGE_STATUS,
         _ => USAGE_ADMIN_KEY,
     }
 }
@@ -209,7 +217,7 @@ fn run_with(args: &[String], env_dir: Option<String>, out: &mut dyn Write) -> Re
     };
     let want_args = match (cmd, sub.as_deref()) {
         ("key", Some("revoke")) | ("unpair", _) => 1,
-        ("key", Some("create" | "list")) | ("pair" | "worlds" | "admin-key", _) => 0,
+        ("key", Some("create" | "list")) | ("pair" | "worlds" | "admin-key" | "status", _) => 0,
         ("key", Some(other)) => {
             return Err(CliError::Usage(format!("unknown key command {other:?}")))
         }
@@ -282,6 +290,26 @@ fn run_with(args: &[String], env_dir: Option<String>, out: &mut dyn Write) -> Re
                 print_worlds(&worlds, out);
             }
         }
+        ("status", _) => {
+            let Backend::Running { addr, key } = &backend else {
+                let state = dir.join(crate::store::STATE_FILE);
+                return Err(fail(format!(
+                    "the relay is not running (nothing holds {}); state file: {}",
+                    dir.display(),
+                    state.display()
+                )));
+            };
+            let mut v = call(*addr, key, "GET", "/admin/api/status", None)?;
+            // The address the relay bound (its --listen may say port 0), from relay.addr.
+            if let Ok(bound) = std::fs::read_to_string(dir.join(ADDR_FILE)) {
+                v["listen"] = json!(bound.trim());
+            }
+            if f.json {
+                let _ = writeln!(out, "{v:#}");
+            } else {
+                print_status(&v, out);
+            }
+        }
         ("unpair", _) => {
             backend.delete("worlds", &id)?;
             eprintln!("unpaired {id}");
@@ -333,6 +361,81 @@ fn print_keys(keys: &[Value], out: &mut dyn Write) {
             ms_label(&k["expiresAt"]),
             ms_label(&k["lastUsedAt"]),
         );
+    }
+}
+
+fn print_status(v: &Value, out: &mut dyn Write) {
+    let listen = v["listen"].as_str().unwrap_or("?");
+    let up = v["uptimeSeconds"].as_u64().unwrap_or(0);
+    let c = &v["connections"];
+    let n = |k: &str| c[k].as_u64().unwrap_or(0);
+    let worlds = v["worlds"].as_array().cloned().unwrap_or_default();
+    let online = worlds.iter().filter(|w| w["isOnline"] == true).count();
+    let _ = writeln!(
+        out,
+        "fvtt-relay {} listening on {listen}",
+        v["version"].as_str().unwrap_or("?")
+    );
+    let _ = writeln!(
+        out,
+        "uptime       {}h {:02}m {:02}s",
+        up / 3600,
+        up % 3600 / 60,
+        up % 60
+    );
+    let _ = writeln!(
+        out,
+        "state file   {}",
+        v["stateFile"].as_str().unwrap_or("?")
+    );
+    let _ = writeln!(
+        out,
+        "connections  {} world links ({} authenticating), {} SSE, {} /ws/api, {} /ws/events",
+        n("worldLinks"),
+        n("worldLinksAuthenticating"),
+        n("sse"),
+        n("wsApi"),
+        n("wsEvents")
+    );
+    let _ = writeln!(
+        out,
+        "worlds       {online} online, {} offline",
+        worlds.len() - online
+    );
+    for w in &worlds {
+        let on = w["isOnline"] == true;
+        let _ = writeln!(
+            out,
+            "  {}  {}  {}  {} {}",
+            w["clientId"].as_str().unwrap_or(""),
+            if on { "online " } else { "offline" },
+            w["worldTitle"].as_str().unwrap_or(""),
+            if on { "connected" } else { "last seen" },
+            ms_label(if on {
+                &w["connectedSince"]
+            } else {
+                &w["lastSeen"]
+            }),
+        );
+        let close = &w["lastClose"];
+        if close.is_object() {
+            let code = close["code"]
+                .as_u64()
+                .map_or(String::new(), |c| format!("{c} "));
+            let reason = close["reason"].as_str().unwrap_or("");
+            let by = close["by"]
+                .as_str()
+                .map_or(String::new(), |b| format!(" by {b}"));
+            let _ = writeln!(
+                out,
+                "      last close {}: {code}{reason}{by}: {}",
+                ms_label(&close["at"]),
+                close["text"].as_str().unwrap_or("")
+            );
+        }
+        if let Some(why) = w["offlineReason"].as_str() {
+            let _ = writeln!(out, "      why offline: {why}");
+        }
     }
 }
 

@@ -149,3 +149,80 @@ fn an_offline_world_says_why_everywhere() {
     );
     assert_eq!(v["lastLink"]["kind"], "refused", "{v}");
 }
+
+/// `fvtt-relay status` through the running relay's admin API: address, uptime, state file,
+/// connections by kind, worlds online and offline with the last close; refused when stopped.
+#[test]
+fn status_command() {
+    let p = start_provisioned(&[]);
+    let addr = p.relay.addr();
+    let status = |json: bool| {
+        let mut args = vec!["status"];
+        if json {
+            args.push("--json");
+        }
+        let out = std::process::Command::new(relay_binary())
+            .args(&args)
+            .arg("--data-dir")
+            .arg(p.dir.path())
+            .output()
+            .expect("fvtt-relay status");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let mut w = p.world();
+    let _sse = SseClient::connect(
+        addr,
+        &format!("/chat/subscribe?clientId={}", p.keys.client_id),
+        &[("x-api-key", p.keys.api_key.as_str())],
+    )
+    .expect("sse");
+    let mut v = Value::Null;
+    assert!(wait_for(secs(5), || {
+        let (code, out, err) = status(true);
+        assert_eq!(code, Some(0), "{out}{err}");
+        v = serde_json::from_str(&out).unwrap_or(Value::Null);
+        v["connections"]["sse"] == 1
+    }));
+    assert_eq!(v["listen"], json!(addr.to_string()), "{v}");
+    assert_eq!(v["connections"]["worldLinks"], 1, "{v}");
+    assert!(v["uptimeSeconds"].is_u64(), "{v}");
+    let state = p.dir.path().join("state.json");
+    assert_eq!(v["stateFile"], json!(state.display().to_string()), "{v}");
+    assert_eq!(v["worlds"][0]["isOnline"], true, "{v}");
+
+    w.stop();
+    let mut text = String::new();
+    assert!(
+        wait_for(secs(5), || {
+            text = status(false).1;
+            text.contains("0 online, 1 offline")
+        }),
+        "{text}"
+    );
+    assert!(text.contains(&format!("listening on {addr}")), "{text}");
+    assert!(
+        text.contains(&format!("state file   {}", state.display())),
+        "{text}"
+    );
+    assert!(text.contains("1 SSE"), "{text}");
+    assert!(text.contains("last close"), "{text}");
+    assert!(
+        text.contains("by world: The GM's browser closed the connection"),
+        "{text}"
+    );
+    assert!(
+        text.contains("why offline: The GM's browser closed"),
+        "{text}"
+    );
+
+    let mut relay = p.relay;
+    relay.sigterm();
+    assert!(relay.wait_exit(secs(10)).is_some());
+    let (code, _, err) = status(false);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("the relay is not running"), "{err}");
+}

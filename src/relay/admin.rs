@@ -382,6 +382,7 @@ impl Relay {
                 }
                 Response::new(204).header("Set-Cookie", self.cookie("", 0))
             }
+            (_, ["status"]) if get => Response::json(200, &self.status_report(now)),
             (_, ["scopes"]) if get => {
                 Response::json(200, &json!({"all": ALL_SCOPES, "default": DEFAULT_SCOPES}))
             }

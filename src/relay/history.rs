@@ -369,6 +369,68 @@ impl Relay {
     }
 }
 
+impl Relay {
+    /// `GET /admin/api/status` (`fvtt-relay status`): uptime, the state file, open
+    /// connections by kind, and each paired world online or not with its last close.
+    pub(crate) fn status_report(&self, now: Instant) -> Value {
+        let mut kinds = [0usize; 5];
+        for role in self.roles.values() {
+            let i = match role {
+                super::Role::Module => 0,
+                super::Role::ModuleAuth { .. } => 1,
+                super::Role::Sse => 2,
+                super::Role::Api => 3,
+                super::Role::Events => 4,
+            };
+            kinds[i] += 1;
+        }
+        let worlds: Vec<Value> = self
+            .state
+            .worlds
+            .iter()
+            .map(|w| {
+                let live = self.worlds.get(&w.client_id);
+                // This run's last close, else the note an earlier run left.
+                let last_close = self
+                    .history
+                    .of(&w.client_id)
+                    .filter(|e| e.kind() == "closed")
+                    .last()
+                    .map(Entry::to_json)
+                    .or_else(|| {
+                        w.last_link
+                            .as_ref()
+                            .filter(|n| n.kind == "closed")
+                            .map(|n| json!({"at": n.at_ms, "kind": n.kind, "text": n.text}))
+                    });
+                json!({
+                    "clientId": w.client_id,
+                    "worldTitle": live.map_or(&w.world_title, |l| &l.meta.world_title),
+                    "isOnline": live.is_some(),
+                    "connectedSince": live.map(|l| l.connected_since_ms),
+                    "lastSeen": live.map_or(w.last_seen_ms, |l| Some(l.last_seen_ms)),
+                    "lastClose": last_close,
+                    "offlineReason": live.is_none().then(|| self.why_offline(&w.client_id)),
+                })
+            })
+            .collect();
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "listen": self.cfg.listen.to_string(),
+            "uptimeSeconds": self.uptime(now).as_secs(),
+            "stateFile": self.cfg.data_dir.join(crate::store::STATE_FILE).display().to_string(),
+            "connections": {
+                "worldLinks": kinds[0],
+                "worldLinksAuthenticating": kinds[1],
+                "sse": kinds[2],
+                "wsApi": kinds[3],
+                "wsEvents": kinds[4],
+            },
+            "worlds": worlds,
+        })
+    }
+}
+
 /// Why a paired world is offline, in words: its last link event (this run's, else the one
 /// the state file kept from an earlier run).
 pub(crate) fn offline_reason(last: Option<&Entry>, stored: Option<&LinkNote>) -> String {
