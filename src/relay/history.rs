@@ -500,6 +500,67 @@ mod tests {
         assert!(h.of("w").all(|e| e.at_ms != 0 || e.kind() == "closed"));
     }
 
+    /// Through the relay (sans-IO harness, injected time): a link silent past a ping
+    /// interval that closes reads as a sleeping tab, a 4004 names the holder, and the latest
+    /// event lands on the world in the state.
+    #[test]
+    fn the_relay_records_link_events() {
+        use super::super::events::harness::*;
+        use crate::config::Config;
+        use crate::http::request::Method;
+        use crate::relay::io::Input;
+
+        let mut h = H::new(Config::default());
+        let (link, _) = h.world_online(WORLD);
+        // Another host knocks while the link is alive: 4004, and who holds the slot.
+        let other: IpAddr = "127.0.0.2".parse().unwrap();
+        let conn = h.conn();
+        let mut hd = head(Method::Get, &format!("/relay?id={WORLD}"), &[]);
+        hd.wants_upgrade = true;
+        h.input(Input::Upgrade {
+            conn,
+            peer: other,
+            head: &hd,
+        });
+        let token = h.token.clone();
+        h.text(conn, &format!(r#"{{"type":"auth","token":"{token}"}}"#));
+        let last = h.relay.history.last(WORLD).map(Entry::text);
+        assert_eq!(
+            last.as_deref(),
+            Some("Another browser (127.0.0.1) holds the connection; this one (127.0.0.2) retries every 30 s")
+        );
+        // Then no frame for 45 s, and the link goes.
+        h.advance(Duration::from_secs(45));
+        h.input(Input::Closed { conn: link });
+        let texts: Vec<String> = h.relay.history.of(WORLD).map(Entry::text).collect();
+        assert_eq!(texts.len(), 3, "{texts:?}");
+        assert!(
+            texts[0].starts_with("Connected from 127.0.0.1"),
+            "{texts:?}"
+        );
+        assert_eq!(texts[2], "No ping for 45 s: the GM's tab may be asleep");
+        let kept = h
+            .relay
+            .state
+            .worlds
+            .iter()
+            .find(|w| w.client_id == WORLD)
+            .and_then(|w| w.last_link.clone());
+        assert_eq!(kept.map(|n| n.text), Some(texts[2].clone()));
+        assert!(h.relay.why_offline(WORLD).starts_with("No ping for 45 s"));
+        // A clientId nobody paired leaves nothing behind.
+        let stranger = h.conn();
+        let mut hd = head(Method::Get, "/relay?id=fvtt_00000000000000cc", &[]);
+        hd.wants_upgrade = true;
+        h.input(Input::Upgrade {
+            conn: stranger,
+            peer: other,
+            head: &hd,
+        });
+        h.text(stranger, r#"{"type":"auth","token":"nope"}"#);
+        assert_eq!(h.relay.history.of("fvtt_00000000000000cc").count(), 0);
+    }
+
     #[test]
     fn offline_reason_prefers_this_run_then_the_stored_note() {
         let closed = Entry {
