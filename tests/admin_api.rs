@@ -62,7 +62,7 @@ fn sign_in_session_and_csrf() {
     assert!(
         stale.json()["reason"]
             .as_str()
-            .is_some_and(|r| r.contains("restarted")),
+            .is_some_and(|r| r.contains("session has ended")),
         "{stale:?}"
     );
     assert_eq!(get(addr, "/admin/api/keys", &c).status, 200);
@@ -406,4 +406,53 @@ fn sign_in_is_rate_limited() {
     );
     assert_eq!(r.status, 429, "{r:?}");
     assert!(r.header("retry-after").is_some());
+}
+
+/// A relay restart keeps the owner signed in: sessions are in the state file, hashed, with
+/// the same expiry; the CSRF token still works; the cookie value is nowhere in the file.
+#[test]
+fn sessions_survive_a_restart_and_are_stored_hashed() {
+    let dir = TempDir::new("data");
+    let relay = Relay::start_in(dir.path(), &[]);
+    let key = admin_key(&relay);
+    let (cookie, csrf, _) = login(relay.addr(), &key);
+    let mut relay = relay;
+    relay.sigterm();
+    assert!(relay.wait_exit(secs(10)).is_some());
+    let sid = cookie.trim_start_matches("fvtt_admin=").to_string();
+    let state = std::fs::read_to_string(dir.path().join("state.json")).expect("state.json");
+    assert!(state.contains("admin_sessions"), "{state}");
+    assert!(
+        !state.contains(&sid),
+        "the session cookie is in the state file"
+    );
+    assert!(
+        !state.contains(&csrf),
+        "the CSRF token is in the state file"
+    );
+
+    let relay = Relay::start_in_when_free(dir.path(), &[]);
+    let addr = relay.addr();
+    let c = [("Cookie", cookie.as_str())];
+    let r = get(addr, "/admin/api/session", &c);
+    assert_eq!(r.json(), json!({"signedIn": true, "csrfToken": csrf}));
+    let good = [("Cookie", cookie.as_str()), ("X-CSRF-Token", csrf.as_str())];
+    let r = post_json(
+        addr,
+        "/admin/api/keys",
+        &good,
+        &json!({"name": "after-restart"}),
+    );
+    assert_eq!(r.status, 201, "{r:?}");
+    // Signing out ends it for good, across a restart too.
+    assert_eq!(
+        request(addr, "POST", "/admin/api/logout", &good, None).status,
+        204
+    );
+    let mut relay = relay;
+    relay.sigterm();
+    assert!(relay.wait_exit(secs(10)).is_some());
+    let relay = Relay::start_in_when_free(dir.path(), &[]);
+    let r = get(relay.addr(), "/admin/api/session", &c);
+    assert_eq!(r.json()["signedIn"], json!(false), "{r:?}");
 }
