@@ -902,6 +902,12 @@ fn owner_signs_in_creates_a_key_and_approves_a_pairing() {
             screenshot(&mut page, "docs/admin-dark.png", 1280);
         }
         page.color_scheme("light");
+        // The nav lists the panels in the order the page shows them.
+        let order = page.js(
+            "[...document.querySelectorAll('#nav a')].map(a => a.getAttribute('href').slice(1)).join() === \
+             [...document.querySelectorAll('#app > section')].map(s => s.id).join()",
+        );
+        assert_eq!(order, json!(true), "nav order differs from the page order");
         page.viewport(390, 844, true);
         // Every nav link is visible on a phone, none clipped.
         let clipped = page.js(
