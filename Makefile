@@ -35,10 +35,15 @@ test-deps:
 		{ apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; } || \
 		echo "chromium could not be installed; the admin browser test will say SKIPPED"; \
 	fi
+	@if ! command -v npm >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing npm for axe-core"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null 2>&1 || \
+		echo "npm could not be installed; the admin browser test will skip its axe checks"; \
+	fi
 	@if [ ! -f target/axe/node_modules/axe-core/axe.min.js ] && command -v npm >/dev/null 2>&1; then \
 		echo "installing axe-core (npm) for the admin page accessibility check"; \
 		npm install --silent --no-audit --no-fund --prefix target/axe axe-core >/dev/null 2>&1 || \
-		echo "axe-core could not be installed; the admin browser test will say SKIPPED"; \
+		echo "axe-core could not be installed; the admin browser test will skip its axe checks"; \
 	fi
 
 # Re-takes the pages' screenshots under docs/ (the browser test with FVTT_RELAY_SCREENSHOT=1).
