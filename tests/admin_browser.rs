@@ -895,8 +895,26 @@ fn owner_signs_in_creates_a_key_and_approves_a_pairing() {
         page.js(
             "document.querySelectorAll('#world-list details.history').forEach(d => d.open = true)",
         );
-        // An event opened: its JSON is a scrollable region keyboard users can reach.
-        page.js("document.querySelector('#ev-list details').open = true");
+        // A chat message long enough that its opened JSON scrolls: a scrollable region
+        // keyboard users must be able to reach (axe scrollable-region-focusable).
+        let long: Vec<String> = (1..=60)
+            .map(|i| format!("line {i} of a long chat message"))
+            .collect();
+        let mut msg = chat_message("long-1", &long.join("\n"));
+        msg["flags"] = json!((1..=40)
+            .map(|i| (format!("flag{i}"), json!(i)))
+            .collect::<serde_json::Map<_, _>>());
+        assert!(online.emit_event("chat-event", json!({"eventType": "create", "data": msg})));
+        page.wait(
+            "the long chat event",
+            "document.querySelector('#ev-list li .badge') && \
+             document.querySelector('#ev-list li .badge').textContent === 'chat-create'",
+        );
+        let scrolls = page.js(
+            "(() => { const d = document.querySelector('#ev-list details'); d.open = true; \
+               const p = d.querySelector('pre'); return p.scrollHeight > p.clientHeight; })()",
+        );
+        assert_eq!(scrolls, json!(true), "the opened event does not scroll");
         page.axe("the admin page (light)", &axe);
         if shots() {
             screenshot(&mut page, "docs/admin.png", 1280);
