@@ -480,6 +480,41 @@ mod tests {
             json!({"at": 50_520_000u64, "kind": "closed", "text": "Token revoked by you",
                    "code": 4002, "reason": "Connection token revoked", "by": "owner"})
         );
+        for (code, reason, by, words) in [
+            (4002, "Unpaired by owner", By::Owner, "Unpaired by you"),
+            (
+                4002,
+                "IP address not allowed",
+                By::Owner,
+                "Closed: you changed the token's allowed addresses",
+            ),
+            (
+                1001,
+                "replaced by a newer connection from 192.168.1.30",
+                By::Relay,
+                "Closed by the relay: replaced by a newer connection from 192.168.1.30",
+            ),
+        ] {
+            h.note_close(c, code, reason, by);
+            let e = h.closed(c, "w", 0, Duration::from_secs(60), Duration::from_secs(35));
+            assert_eq!(e.text(), words);
+        }
+        for (reason, words) in [
+            ("IP address not allowed", "Refused a connection from 192.168.1.30: that address is not among the token's allowed addresses"),
+            ("Authentication failed", "Refused a connection from 192.168.1.30: its connection token is not valid (revoked or from an old pairing); pair the world again"),
+        ] {
+            let e = h.push(
+                "w",
+                1,
+                LinkEvent::Refused {
+                    code: 4002,
+                    reason: reason.into(),
+                    peer: ip("192.168.1.30"),
+                    holder: None,
+                },
+            );
+            assert_eq!(e.text(), words);
+        }
         let e = h.push(
             "w",
             1,
@@ -494,10 +529,9 @@ mod tests {
             e.text(),
             "Another browser (192.168.1.20) holds the connection; this one (192.168.1.30) retries every 30 s"
         );
-        // Capped: the oldest goes.
-        assert_eq!(h.of("w").count(), 3);
-        assert_eq!(h.of("w").next().map(Entry::kind), Some("closed"));
-        assert!(h.of("w").all(|e| e.at_ms != 0 || e.kind() == "closed"));
+        // Capped at 3: the oldest went.
+        let kinds: Vec<&str> = h.of("w").map(Entry::kind).collect();
+        assert_eq!(kinds, ["refused", "refused", "refused"]);
     }
 
     /// Through the relay (sans-IO harness, injected time): a link silent past a ping
