@@ -8,6 +8,7 @@
 #   make check-unit   systemd-analyze verify + security score of deploy/fvtt-relay.service
 #   make fmt          format the code
 #   make docs         regenerate docs/CONFIG.md from src/config.rs
+#   make screenshots  re-take the admin/pair page screenshots under docs/ (Chromium)
 #   make bench        benchmarks (BENCH_QUICK=1 for `make bench-quick`)
 #   make bench-compare URL=http://127.0.0.1:PORT KEY=... CLIENT_ID=fvtt_...
 #   make clean        remove build output (never ./data)
@@ -16,7 +17,7 @@ CARGO    ?= cargo
 LISTEN   ?= 127.0.0.1:3010
 DATA_DIR ?= ./data
 
-.PHONY: run test test-deps unit conformance lint fmt docs bench bench-quick bench-compare clean tools check-unit
+.PHONY: run test test-deps screenshots unit conformance lint fmt docs bench bench-quick bench-compare clean tools check-unit
 
 run:
 	$(CARGO) build --release
@@ -53,8 +54,9 @@ check-unit:
 		echo "systemd-analyze security --offline unsupported: score check SKIPPED"; \
 	fi
 
-# The admin page's browser test needs Chromium (Debian's package). Installed here when we can
-# (root, apt); otherwise tests/admin_browser.rs tries itself and, failing that, says SKIPPED.
+# The admin page's browser test needs Chromium (Debian's package) and axe-core (npm, into
+# target/axe). Installed here when we can (root, apt; npm); otherwise tests/admin_browser.rs
+# tries itself and, failing that, says SKIPPED.
 test-deps:
 	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "installing chromium for the admin page test"; \
@@ -62,6 +64,20 @@ test-deps:
 		{ apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; } || \
 		echo "chromium could not be installed; the admin browser test will say SKIPPED"; \
 	fi
+	@if ! command -v npm >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing npm for axe-core"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null 2>&1 || \
+		echo "npm could not be installed; the admin browser test will skip its axe checks"; \
+	fi
+	@if [ ! -f target/axe/node_modules/axe-core/axe.min.js ] && command -v npm >/dev/null 2>&1; then \
+		echo "installing axe-core (npm) for the admin page accessibility check"; \
+		npm install --silent --no-audit --no-fund --prefix target/axe axe-core >/dev/null 2>&1 || \
+		echo "axe-core could not be installed; the admin browser test will skip its axe checks"; \
+	fi
+
+# Re-takes the pages' screenshots under docs/ (the browser test with FVTT_RELAY_SCREENSHOT=1).
+screenshots: test-deps
+	FVTT_RELAY_SCREENSHOT=1 $(CARGO) test --test admin_browser -- --test-threads=1
 
 # cargo-nextest when installed (parallel, one process per test), else cargo test.
 # nextest gets --lib --bins --tests: a harness = false bench has no test list to offer it.

@@ -267,6 +267,9 @@ options! {
         /// A world link with no frame at all for this long is dropped. Liveness rests on
         /// control pings: the module never answers a JSON ping (module-protocol.md).
         module_idle_timeout: Duration = duration("40s"), "time";
+        /// Link events (connected, closed, refused) kept per paired world for "why is it
+        /// offline?" on the admin page, `fvtt-relay worlds` and API errors.
+        world_history: usize = count("8"), "events";
         /// Largest message on /ws/api.
         api_max_message: usize = size("1M"), "bytes";
         /// Largest single frame on /ws/api.
@@ -327,6 +330,9 @@ options! {
         sse_keepalive: Duration = duration("15s"), "time";
         /// Reconnect delay advertised to SSE clients in the `retry:` field.
         sse_retry: Duration = duration("3s"), "time";
+        /// Reconnect delay sent (`retry:`) to an SSE stream refused because its channel is full,
+        /// so a browser's EventSource backs off instead of retrying every few seconds.
+        sse_refused_retry: Duration = duration("1m"), "time";
         /// Events kept per world for Last-Event-ID and `since` resumes.
         ring_events: usize = count("1000"), "events";
         /// Bytes of events kept per world for resumes; the oldest go first.
@@ -963,6 +969,7 @@ mod tests {
             module_max_frame: 64 * M,
             module_ping_interval: secs(20),
             module_idle_timeout: secs(40),
+            world_history: 8,
             api_max_message: M,
             api_max_frame: M,
             api_ping_interval: secs(30),
@@ -987,6 +994,7 @@ mod tests {
             sse_max_per_channel: 10,
             sse_keepalive: secs(15),
             sse_retry: secs(3),
+            sse_refused_retry: secs(60),
             ring_events: 1000,
             ring_bytes: 4 * M,
             pairing_code_ttl: secs(600),

@@ -106,6 +106,10 @@ pub struct State {
     pub tokens: Vec<ConnToken>,
     pub worlds: Vec<KnownWorld>,
     pub pairing_codes: Vec<PairingCode>,
+    /// Signed-in admin page sessions (relay/admin.rs), so a restart does not sign the owner
+    /// out. Only the SHA-256 of each session cookie is kept.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub admin_sessions: Vec<AdminSession>,
     /// `hash -> index into api_keys`. Rebuilt by [`State::reindex`].
     #[serde(skip)]
     pub(crate) key_index: HashMap<String, usize>,
@@ -124,6 +128,7 @@ impl Default for State {
             tokens: Vec::new(),
             worlds: Vec::new(),
             pairing_codes: Vec::new(),
+            admin_sessions: Vec::new(),
             key_index: HashMap::new(),
             token_index: HashMap::new(),
         }
@@ -194,6 +199,29 @@ pub struct KnownWorld {
     pub server_fingerprint: String,
     pub paired_ms: u64,
     pub last_seen_ms: Option<u64>,
+    /// The world's latest link event in words (relay/history.rs), so "why is it offline?"
+    /// still has an answer after a restart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_link: Option<LinkNote>,
+}
+
+/// One link event of a world, as words and a time (relay/history.rs words it).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(default)]
+pub struct LinkNote {
+    pub at_ms: u64,
+    /// `connected`, `closed` or `refused`.
+    pub kind: String,
+    pub text: String,
+}
+
+/// An admin page session: the SHA-256 hex of its cookie value, and its lifetime.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(default)]
+pub struct AdminSession {
+    pub hash: String,
+    pub created_ms: u64,
+    pub expires_ms: u64,
 }
 
 /// A 6-character pairing code (relay-protocol.md §5.6: single use, 10 min).

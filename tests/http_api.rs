@@ -720,9 +720,13 @@ fn client_resolution_rules() {
     // Nobody connected.
     let r = get(addr, "/search?query=a", &h);
     assert_eq!(r.status, 404, "{r:?}");
+    // The reference's message first (clients match on it), then why, also as `reason`.
+    let v = r.json();
+    let reason = v["reason"].as_str().unwrap_or_default().to_string();
+    assert!(!reason.is_empty(), "{v}");
     assert_eq!(
-        r.json(),
-        json!({"error": "No connected Foundry clients found"})
+        v["error"],
+        json!(format!("No connected Foundry clients found. {reason}"))
     );
 
     let w1 = p.world();

@@ -5,7 +5,10 @@
 //! scripts), or the page's session cookie `fvtt_admin` from `POST /admin/api/login`. A session
 //! must also send `X-CSRF-Token` on every POST/PATCH/DELETE: the cookie is `SameSite=Strict`
 //! already, and the token is the second lock for browsers or proxies that ignore it. Sessions
-//! live in memory only, so a restart (or an admin key rotation) signs the owner out.
+//! are kept in the state file as the SHA-256 of the cookie value, so a restart does not sign
+//! the owner out; the CSRF token is derived from the cookie value (a one-way hash), so it
+//! need not be stored. An admin key rotation ends every session; the session check
+//! (`GET /admin/api/session`) then tells the page why.
 //!
 //! Every `/admin*` and `/pair/*` response carries `Cache-Control: no-store` and the security
 //! headers of relay-protocol.md §6.4, and no CORS header: these routes are same-origin only.
@@ -29,10 +32,13 @@ use crate::enc;
 use crate::http::request::{Head, Method};
 use crate::http::response::{Body, Response};
 use crate::ids::{self, ConnId};
-use crate::store::{ApiKey, ConnToken, KnownWorld};
+use crate::store::{AdminSession, ApiKey, ConnToken, KnownWorld};
 
 /// The session cookie's name.
 pub const COOKIE: &str = "fvtt_admin";
+/// Why a browser holding a session cookie is signed out.
+const SESSION_GONE: &str =
+    "Your session has ended: it expired, or the admin key was changed. Sign in again.";
 /// Sessions kept at once; the oldest goes first (one owner rarely has more than a few).
 const MAX_SESSIONS: usize = 32;
 
@@ -42,13 +48,13 @@ const ADMIN_HTML: &str = include_str!("../assets/admin.html");
 const PAIR_HTML: &str = include_str!("../assets/pair.html");
 const APP_JS: &str = include_str!("../assets/app.js");
 const APP_CSS: &str = include_str!("../assets/app.css");
+const INDEX_HTML: &str = include_str!("../assets/index.html");
 
-/// A signed-in admin page.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Session {
-    pub csrf: String,
-    pub created_ms: u64,
-    pub expires_ms: u64,
+/// The CSRF token of the session whose cookie value is `sid`: derived, so a session kept
+/// across a restart (only its hash is stored) still has it, and one-way, so the token (which
+/// page scripts see) does not reveal the HttpOnly cookie.
+fn csrf_for(sid: &str) -> String {
+    auth::hash_secret(&format!("fvtt-relay csrf {sid}"))
 }
 
 /// How an admin request proved itself.
@@ -167,6 +173,7 @@ pub fn world_json(w: &KnownWorld, live: Option<&Live>) -> Value {
         "connectedSince": since,
         "lastSeen": seen,
         "pairedAt": w.paired_ms,
+        "lastLink": w.last_link.as_ref().map(|n| json!({"at": n.at_ms, "kind": n.kind, "text": n.text})),
     })
 }
 
@@ -184,6 +191,29 @@ fn page(content_type: &'static str, body: &'static str) -> Response {
     let mut r = Response::new(200).header("Content-Type", content_type);
     r.body = Body::Bytes(body.as_bytes().to_vec());
     r
+}
+
+/// `GET /` for a browser (its `Accept` names text/html): a small page naming the relay and its
+/// version, with the way to the admin page. API clients keep `{"status":"ok"}`.
+pub(crate) fn landing_page() -> Response {
+    let html = INDEX_HTML.replace("{{VERSION}}", env!("CARGO_PKG_VERSION"));
+    let mut r = Response::new(200).header("Content-Type", "text/html; charset=utf-8");
+    r.body = Body::Bytes(html.into_bytes());
+    secured(r)
+}
+
+/// Whether a request comes from a browser navigating to a page: its `Accept` lists text/html
+/// (RFC 9110 §12.5.1; an API client sends `*/*`, `application/json`, or nothing).
+pub(crate) fn wants_html(head: &Head) -> bool {
+    head.header("accept").is_some_and(|a| {
+        a.split(',').any(|m| {
+            m.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("text/html")
+        })
+    })
 }
 
 #[derive(Deserialize, Default)]
@@ -272,20 +302,26 @@ impl Relay {
                 Err(_) => Err(Response::error(401, "Invalid admin key")),
             };
         }
-        let Some((sid, s)) = self.live_session(head, now_ms) else {
+        let Some((hash, csrf)) = self.live_session(head, now_ms) else {
             return Err(Response::error(401, "Not signed in"));
         };
-        if !csrf_ok(head.method, true, &s.csrf, head.header("x-csrf-token")) {
+        if !csrf_ok(head.method, true, &csrf, head.header("x-csrf-token")) {
             return Err(Response::error(403, "Invalid CSRF token"));
         }
-        Ok(Via::Session(sid))
+        Ok(Via::Session(hash))
     }
 
-    fn live_session(&mut self, head: &Head, now_ms: u64) -> Option<(String, Session)> {
-        self.owner.sessions.retain(|_, s| now_ms < s.expires_ms);
+    /// The session the request's cookie names, if live: (its stored hash, its CSRF token).
+    fn live_session(&mut self, head: &Head, now_ms: u64) -> Option<(String, String)> {
+        // Expired ones go from memory now and from the file with the next save.
+        self.state.admin_sessions.retain(|s| now_ms < s.expires_ms);
         let sid = cookie_value(head.header("cookie")?, COOKIE)?;
-        let s = self.owner.sessions.get(sid)?;
-        Some((sid.to_string(), s.clone()))
+        let hash = auth::hash_secret(sid);
+        self.state
+            .admin_sessions
+            .iter()
+            .any(|s| s.hash == hash)
+            .then(|| (hash, csrf_for(sid)))
     }
 
     fn cookie(&self, value: &str, max_age: u64) -> String {
@@ -319,12 +355,24 @@ impl Relay {
             .collect();
         let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
         match (m, segs.as_slice()) {
-            (Method::Post, ["login"]) => return self.login(peer, body, now, now_ms),
+            (Method::Post, ["login"]) => return self.login(peer, body, now, now_ms, out),
+            // The page asks on every load: "signed out" is an answer, not an error, so a
+            // signed-out load logs no failed request. A cookie naming no live session means
+            // it expired or the admin key changed; the sign-in page says so.
             (Method::Get, ["session"]) => {
                 return match self.live_session(head, now_ms) {
-                    Some((_, s)) => Response::json(200, &json!({"csrfToken": s.csrf})),
-                    None => Response::error(401, "Not signed in"),
-                }
+                    Some((_, csrf)) => {
+                        Response::json(200, &json!({"signedIn": true, "csrfToken": csrf}))
+                    }
+                    None if head
+                        .header("cookie")
+                        .and_then(|c| cookie_value(c, COOKIE))
+                        .is_some_and(|v| !v.is_empty()) =>
+                    {
+                        Response::json(200, &json!({"signedIn": false, "reason": SESSION_GONE}))
+                    }
+                    None => Response::json(200, &json!({"signedIn": false})),
+                };
             }
             _ => {}
         }
@@ -335,11 +383,17 @@ impl Relay {
         let get = matches!(m, Method::Get | Method::Head);
         match (m, segs.as_slice()) {
             (Method::Post, ["logout"]) => {
-                if let Via::Session(sid) = &via {
-                    self.owner.sessions.remove(sid);
+                if let Via::Session(hash) = &via {
+                    // A sign-out must not come back after a crash: saved before it is answered.
+                    let undo = self.state.clone();
+                    self.state.admin_sessions.retain(|s| &s.hash != hash);
+                    if let Err(refused) = self.commit(undo) {
+                        return refused;
+                    }
                 }
                 Response::new(204).header("Set-Cookie", self.cookie("", 0))
             }
+            (_, ["status"]) if get => Response::json(200, &self.status_report(now)),
             (_, ["scopes"]) if get => {
                 Response::json(200, &json!({"all": ALL_SCOPES, "default": DEFAULT_SCOPES}))
             }
@@ -348,7 +402,16 @@ impl Relay {
                     .state
                     .worlds
                     .iter()
-                    .map(|w| world_json(w, self.worlds.get(&w.client_id)))
+                    .map(|w| {
+                        let live = self.worlds.get(&w.client_id);
+                        let mut v = world_json(w, live);
+                        // "Why is it offline?" (relay/history.rs).
+                        v["history"] = self.history_json(&w.client_id);
+                        if live.is_none() {
+                            v["offlineReason"] = json!(self.why_offline(&w.client_id));
+                        }
+                        v
+                    })
                     .collect();
                 Response::json(200, &json!({"worlds": worlds}))
             }
@@ -431,11 +494,11 @@ impl Relay {
             (Method::Post, ["admin-key", "rotate"]) => {
                 let undo = self.state.clone();
                 let key = self.state.rotate_admin_key();
+                // Every session was opened with the old key: they end with it.
+                self.state.admin_sessions.clear();
                 if let Err(refused) = self.commit(undo) {
                     return refused;
                 }
-                // Every session was opened with the old key: they end with it.
-                self.owner.sessions.clear();
                 info!("admin key rotated");
                 Response::json(200, &json!({"key": key}))
             }
@@ -443,7 +506,14 @@ impl Relay {
         }
     }
 
-    fn login(&mut self, peer: IpAddr, body: &[u8], now: Instant, now_ms: u64) -> Response {
+    fn login(
+        &mut self,
+        peer: IpAddr,
+        body: &[u8],
+        now: Instant,
+        now_ms: u64,
+        out: &mut Vec<Action>,
+    ) -> Response {
         // Every attempt counts (not only failures): a refusal must come before the key is
         // checked, or its timing and status would still answer the guess.
         let v = self.limits.login.check(&peer, now);
@@ -461,31 +531,25 @@ impl Relay {
             info!("{peer}: admin sign-in refused");
             return Response::error(401, "Invalid admin key");
         }
-        self.owner.sessions.retain(|_, s| now_ms < s.expires_ms);
-        while self.owner.sessions.len() >= MAX_SESSIONS {
-            let oldest = self
-                .owner
-                .sessions
-                .iter()
-                .min_by_key(|(_, s)| s.created_ms)
-                .map(|(k, _)| k.clone());
-            match oldest {
-                Some(k) => self.owner.sessions.remove(&k),
-                None => break,
-            };
+        let sessions = &mut self.state.admin_sessions;
+        sessions.retain(|s| now_ms < s.expires_ms);
+        // The oldest go first (kept in sign-in order).
+        if sessions.len() >= MAX_SESSIONS {
+            let excess = sessions.len() + 1 - MAX_SESSIONS;
+            sessions.drain(..excess);
         }
         let ttl = self.cfg.admin_session_ttl;
         let sid = ids::random_hex(32);
-        let csrf = ids::random_hex(32);
-        self.owner.sessions.insert(
-            sid.clone(),
-            Session {
-                csrf: csrf.clone(),
-                created_ms: now_ms,
-                expires_ms: now_ms
-                    .saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
-            },
-        );
+        let csrf = csrf_for(&sid);
+        sessions.push(AdminSession {
+            hash: auth::hash_secret(&sid),
+            created_ms: now_ms,
+            expires_ms: now_ms.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
+        });
+        // Saved at once so a restart right after signing in keeps the session; a failed save
+        // does not refuse the sign-in (the owner may need the page to see why the disk is
+        // failing): the retry timer saves it later.
+        self.persist_soon(now, out);
         info!("{peer}: admin signed in");
         Response::json(200, &json!({"csrfToken": csrf}))
             .header("Set-Cookie", self.cookie(&sid, ttl.as_secs()))
@@ -543,6 +607,7 @@ impl Relay {
         if let Some(conn) = link {
             self.close_world_link(conn, "Unpaired by owner", now, out);
         }
+        self.history.forget_world(id);
         info!("world {id} unpaired by the owner");
         Response::json(200, &json!({"success": true}))
     }

@@ -822,6 +822,7 @@ impl Relay {
                 client_ids: bound,
                 user_id: user_id.clone(),
                 world: Some(world.clone()),
+                origin: None,
             },
         );
         if let Some(sock) = self.api.get_mut(&conn) {

@@ -18,6 +18,7 @@ use log::{debug, info};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::history::{By, LinkEvent};
 use super::io::{Action, Bytes, Endpoint, Timer};
 use super::pending::{Caller, Waiter};
 use super::world::{Duplicate, Live, Meta};
@@ -139,6 +140,13 @@ impl Relay {
                     "{conn} {peer}: module auth refused for {}: {reason}",
                     meta.client_id
                 );
+                let refused = LinkEvent::Refused {
+                    code: 4002,
+                    reason: reason.into(),
+                    peer,
+                    holder: None,
+                };
+                self.link_event(&meta.client_id, refused, now, out);
                 return refuse(out, reason);
             }
         };
@@ -157,6 +165,8 @@ impl Relay {
                 );
                 // Transient code: should the old socket be alive after all, its module
                 // reconnects, meets the new link, and waits with 4004 (no flapping).
+                let why = format!("replaced by a newer connection from {peer}");
+                self.history.note_close(old, 1001, &why, By::Relay);
                 self.module_closed(old, now, out);
                 self.roles.remove(&old);
                 out.push(Action::Close {
@@ -171,6 +181,8 @@ impl Relay {
                 );
                 // The old socket is stale (same host reconnected). It is told 1000 so that,
                 // should it still be alive, it does not fight the new one for the slot.
+                let why = format!("replaced by a reconnect from {peer}");
+                self.history.note_close(old, 1000, &why, By::Relay);
                 self.module_closed(old, now, out);
                 self.roles.remove(&old);
                 out.push(Action::Close {
@@ -184,6 +196,13 @@ impl Relay {
                     "{conn} {peer}: {} already connected from another host",
                     meta.client_id
                 );
+                let refused = LinkEvent::Refused {
+                    code: 4004,
+                    reason: "Client ID already connected".into(),
+                    peer,
+                    holder: self.worlds.get(&meta.client_id).map(|l| l.peer),
+                };
+                self.link_event(&meta.client_id, refused, now, out);
                 out.push(Action::Close {
                     conn,
                     close: WsClose::new(4004, "Client ID already connected"),
@@ -205,6 +224,7 @@ impl Relay {
             meta.foundry_version
         );
         self.remember_world(&meta, now, out);
+        self.link_event(&meta.client_id, LinkEvent::Connected { peer }, now, out);
         self.worlds.insert(Live {
             conn,
             meta,
@@ -357,6 +377,7 @@ impl Relay {
             return;
         };
         info!("{conn}: world {} disconnected", live.meta.client_id);
+        self.link_closed(conn, &live.meta.client_id, live.last_alive, now, out);
         let now_ms = self.clock.ms(now);
         if let Some(w) = self
             .state

@@ -16,6 +16,7 @@ pub mod durable;
 pub mod events;
 pub mod forward;
 pub mod gateway;
+pub mod history;
 pub mod hub;
 pub mod io;
 pub mod limits;
@@ -99,6 +100,8 @@ pub struct Relay {
     pub(crate) subs: HashMap<ConnId, events::Subscriber>,
     /// `/ws/events` socket state and the upgrade rate limit (gateway.rs).
     pub(crate) gateway: gateway::Gateway,
+    /// Each world's last link events, for "why is it offline?" (history.rs).
+    pub(crate) history: history::History,
 }
 
 impl Relay {
@@ -108,6 +111,7 @@ impl Relay {
             limits: limits::Limits::new(&cfg),
             owner: pairing::Owner::default(),
             gateway: gateway::Gateway::new(&cfg),
+            history: history::History::new(cfg.world_history),
             cfg,
             state,
             routes: std::rc::Rc::new(RouteTable::builtin()),

@@ -22,7 +22,6 @@ use log::info;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::admin::Session;
 use super::io::Action;
 use super::limits::too_many;
 use super::rest::rfc3339;
@@ -39,11 +38,10 @@ const MAX_PAIR_REQUESTS: usize = 256;
 /// Length of a pair-request code (the reference's 8 characters, §5.6).
 const REQUEST_CODE_LEN: usize = 8;
 
-/// The owner-side memory of the relay core: admin sessions, pair requests, and which token
-/// each live world link used.
+/// The owner-side memory of the relay core: pair requests, and which token each live world
+/// link used (admin sessions are in the state: `State::admin_sessions`).
 #[derive(Default)]
 pub(crate) struct Owner {
-    pub sessions: HashMap<String, Session>,
     pub requests: Vec<PairRequest>,
     pub link_tokens: HashMap<ConnId, String>,
 }
@@ -604,6 +602,9 @@ impl Relay {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
+        // Every caller is an owner's action: revoking, unpairing, narrowing allowed IPs.
+        self.history
+            .note_close(conn, 4002, reason, super::history::By::Owner);
         self.module_closed(conn, now, out);
         self.roles.remove(&conn);
         self.owner.link_tokens.remove(&conn);

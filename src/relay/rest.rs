@@ -114,6 +114,11 @@ impl Relay {
                 let doc = super::docs::asyncapi(&self.routes, &self.docs_server_url(peer, head));
                 return self.respond(conn, 200, doc, out);
             }
+            (Method::Get | Method::Head, "/") if super::admin::wants_html(head) => {
+                let resp = super::admin::landing_page();
+                out.push(Action::Respond { conn, resp });
+                return;
+            }
             (Method::Get | Method::Head, "/") => {
                 return self.respond(conn, 200, json!({"status": "ok"}), out)
             }
@@ -281,7 +286,17 @@ impl Relay {
                     .filter(|id| caller.client_ids.is_empty() || caller.client_ids.contains(id))
                     .collect();
                 match candidates.len() {
-                    0 => return Err((404, json!({"error": "No connected Foundry clients found"}))),
+                    // The reference's message first (clients match on it), then why.
+                    0 => {
+                        let reason = self.no_world_reason(&caller.client_ids);
+                        return Err((
+                            404,
+                            json!({
+                                "error": format!("No connected Foundry clients found. {reason}"),
+                                "reason": reason,
+                            }),
+                        ));
+                    }
                     1 => candidates[0].clone(),
                     _ => {
                         return Err((
@@ -297,14 +312,18 @@ impl Relay {
         };
         match self.worlds.get(&id) {
             Some(l) => Ok((id, l.conn)),
-            None => Err((
-                404,
-                json!({
+            None => {
+                let mut body = json!({
                     "error": "Invalid client ID",
                     "clientId": id,
                     "message": "No Foundry client connected with this ID.",
-                }),
-            )),
+                });
+                // A paired world that is offline: say why (relay/history.rs).
+                if self.state.worlds.iter().any(|w| w.client_id == id) {
+                    body["reason"] = json!(self.why_offline(&id));
+                }
+                Err((404, body))
+            }
         }
     }
 
