@@ -267,6 +267,10 @@ options! {
         /// A world link with no frame at all for this long is dropped. Liveness rests on
         /// control pings: the module never answers a JSON ping (module-protocol.md).
         module_idle_timeout: Duration = duration("40s"), "time";
+        /// A world link that has shown no life (no message, no pong) for a ping interval
+        /// plus this has missed a ping; a newcomer for its clientId then replaces it (the
+        /// stale link gets 1001) instead of waiting with 4004.
+        module_stale_margin: Duration = duration("5s"), "time";
         /// Largest message on /ws/api.
         api_max_message: usize = size("1M"), "bytes";
         /// Largest single frame on /ws/api.
@@ -961,6 +965,7 @@ mod tests {
             module_max_frame: 64 * M,
             module_ping_interval: secs(20),
             module_idle_timeout: secs(40),
+            module_stale_margin: secs(5),
             api_max_message: M,
             api_max_frame: M,
             api_ping_interval: secs(30),

@@ -470,6 +470,8 @@ pub(crate) mod harness {
         pub now: Instant,
         /// The full-scope key, then keys made with `key`.
         pub api_key: String,
+        /// The relay's admin key (the admin API accepts it as `X-API-Key`).
+        pub admin_key: String,
         pub token: String,
         pub other_token: String,
         next: usize,
@@ -507,7 +509,7 @@ pub(crate) mod harness {
             let t0 = Instant::now();
             let base_ms = 1_780_000_000_000;
             let mut state = State::default();
-            let _ = state.ensure_admin_key();
+            let admin_key = state.ensure_admin_key().unwrap_or_default();
             let (_, token) = state.create_connection_token(WORLD, base_ms);
             let (_, other_token) = state.create_connection_token(OTHER, base_ms);
             for id in [WORLD, OTHER] {
@@ -520,6 +522,7 @@ pub(crate) mod harness {
                 relay: Relay::new(cfg, state, Clock { base: t0, base_ms }),
                 now: t0,
                 api_key: String::new(),
+                admin_key,
                 token,
                 other_token,
                 next: 100,
