@@ -525,6 +525,8 @@ impl Relay {
         if let Some(conn) = link {
             self.close_world_link(conn, "Unpaired by owner", now, out);
         }
+        // Every stream and socket following the world ends now (revoke.rs).
+        self.end_streams_of_world(id, out);
         info!("world {id} unpaired by the owner");
         Response::json(200, &json!({"success": true}))
     }
@@ -617,7 +619,7 @@ impl Relay {
 
     /// A key was revoked: its open `/ws/api` and event streams end now.
     pub(crate) fn key_revoked(&mut self, key_id: &str, out: &mut Vec<Action>) {
-        self.drop_subscribers_of_key(key_id, out);
+        self.drop_subscribers_of_key(key_id, super::revoke::KEY_REVOKED, out);
     }
 
     /// Note an API key's use; saved at most once a minute per key (the value only feeds

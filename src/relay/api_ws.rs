@@ -729,6 +729,14 @@ impl Relay {
         });
     }
 
+    /// Its credential or world was revoked (revoke.rs sends the close): the socket's state
+    /// goes at once, so nothing it still sends is acted on and no reply reaches it.
+    pub(crate) fn api_revoked(&mut self, conn: ConnId, out: &mut Vec<Action>) {
+        self.api_forget(conn, out);
+        self.roles.remove(&conn);
+        self.pending.drop_caller(conn);
+    }
+
     /// Drop a socket's state and subscriptions, sending the module the count changes.
     fn api_forget(&mut self, conn: ConnId, out: &mut Vec<Action>) {
         self.api.remove(&conn);

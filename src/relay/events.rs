@@ -204,26 +204,6 @@ impl Relay {
         }
     }
 
-    /// End every event stream of a world (it was unpaired): streams end only when the client
-    /// goes, the world is unpaired, or the relay stops. Its ring is dropped too.
-    #[allow(dead_code)] // called when a world is unpaired (owner work)
-    pub(crate) fn end_streams_of_world(&mut self, world: &str, out: &mut Vec<Action>) {
-        let conns: Vec<ConnId> = self
-            .subs
-            .iter()
-            .filter(|(_, s)| s.transport == Transport::Sse && s.world.as_deref() == Some(world))
-            .map(|(c, _)| *c)
-            .collect();
-        for conn in conns {
-            out.push(Action::Close {
-                conn,
-                close: WsClose::NORMAL,
-            });
-            self.forget_subscriber(conn, out);
-        }
-        self.hub.clear_ring(world);
-    }
-
     // ------------------------------------------------------------------ auth
 
     /// The key id of a principal, while the state is unchanged (see `Principal`).
@@ -916,7 +896,10 @@ mod tests {
         let (other, _) = h.sse(&format!("/scene/subscribe?clientId={OTHER}"));
         let mut out = Vec::new();
         h.relay.end_streams_of_world(WORLD, &mut out);
-        assert!(close_of(&out, sse).is_some());
+        assert_eq!(close_of(&out, sse), Some((1008, "World unpaired".into())));
+        assert!(
+            bytes_to(&out, sse).ends_with("event: error\ndata: {\"error\":\"World unpaired\"}\n\n")
+        );
         assert!(close_of(&out, other).is_none());
     }
 

@@ -575,6 +575,8 @@ impl Relay {
     ) -> Option<String> {
         let client_id = self.state.revoke_token(id)?;
         out.push(Action::Persist);
+        // `/ws/api` sockets that authenticated with the token end too (revoke.rs).
+        self.drop_subscribers_of_key(id, reason, out);
         let link = self.worlds.get(&client_id).map(|l| l.conn);
         if let Some(conn) = link {
             let used = self.owner.link_tokens.get(&conn).map(String::as_str);
