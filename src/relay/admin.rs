@@ -318,6 +318,13 @@ impl Relay {
             .map(|s| enc::percent_decode(s).unwrap_or_default())
             .collect();
         let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+        // RFC 9110 §15.5.6: a known path with a method it does not take is 405 with Allow,
+        // before any credential is looked at (TRACE /admin/api/login is not a sign-in).
+        if let Some(allow) = admin_methods(&segs) {
+            if !allow.split(", ").any(|a| a == head.method_raw) {
+                return Response::error(405, "Method not allowed").header("Allow", allow);
+            }
+        }
         match (m, segs.as_slice()) {
             (Method::Post, ["login"]) => return self.login(peer, body, now, now_ms),
             (Method::Get, ["session"]) => {
@@ -629,6 +636,21 @@ impl Relay {
         self.state.touch_api_key(idx, now_ms);
         self.persist_later(now, out);
     }
+}
+
+/// The methods each admin API path takes (the `Allow` of a 405); `None` for an unknown path.
+fn admin_methods(segs: &[&str]) -> Option<&'static str> {
+    Some(match segs {
+        ["login" | "logout" | "pairing-codes"] => "POST",
+        ["admin-key", "rotate"] => "POST",
+        ["pair-requests", _, "approve" | "deny"] => "POST",
+        ["session" | "scopes" | "worlds" | "pair-requests" | "tokens"] => "GET, HEAD",
+        ["pair-requests", _] => "GET, HEAD",
+        ["keys"] => "GET, HEAD, POST",
+        ["worlds" | "keys", _] => "DELETE",
+        ["tokens", _] => "PATCH, DELETE",
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
