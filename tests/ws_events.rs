@@ -285,9 +285,14 @@ fn world_notices() {
 fn same_client_id_replaces_the_older_socket() {
     let env = start_provisioned_with(&[], &[]);
     let w = env.world();
-    let id = env.keys.client_id.clone();
-    let sub = json!({"type": "subscribe", "client_id": id, "events": ["hooks"]});
-    let (mut old, _) = env.subscribed("/ws/events", sub.clone());
+    // Exactly what the seed gateway clients send: client_id is the subscriber's own id.
+    let sub = json!({"type": "subscribe", "client_id": "python-example", "events": ["hooks"]});
+    let (mut old, snap) = env.subscribed("/ws/events", sub.clone());
+    assert_eq!(snap["client_id"], "python-example");
+    assert_eq!(
+        snap["state"]["worlds"][0]["clientId"],
+        env.keys.client_id.as_str()
+    );
     let (mut new, _) = env.subscribed("/ws/events", sub);
     assert_eq!(
         old.recv_close(secs(5)),
@@ -297,12 +302,17 @@ fn same_client_id_replaces_the_older_socket() {
     assert!(!w.subscription_log().contains(&("hooks".to_string(), 0)));
     assert!(w.emit_event("hook-event", hook_event("updateActor", json!([]))));
     assert!(new.recv_type("updateActor", secs(5)).is_some());
-    // The path form counts as the same client_id.
-    let (_, _) = env.subscribed(&env.path_world(), subscribe(json!(["hooks"])));
-    assert_eq!(
-        new.recv_close(secs(5)),
-        Some((4001, "Replaced by a newer connection".into()))
-    );
+    // Without a client_id one is generated, and nobody is replaced; the path still chooses
+    // the world, and so does `worlds`.
+    let (_, snap) = env.subscribed(&env.path_world(), subscribe(json!(["hooks"])));
+    assert!(snap["client_id"]
+        .as_str()
+        .is_some_and(|s| s.starts_with("events_")));
+    let pick = json!({"type": "subscribe", "worlds": [env.keys.client_id], "events": ["hooks"]});
+    let (_, snap) = env.subscribed("/ws/events", pick);
+    assert_eq!(snap["state"]["worlds"].as_array().map(Vec::len), Some(1));
+    new.send_json(&json!({"type": "ping"})).expect("ping");
+    assert!(new.recv_type("pong", secs(5)).is_some(), "replaced wrongly");
 }
 
 #[test]

@@ -140,7 +140,7 @@ impl Relay {
             let conns = if d.transport == Transport::WsEvents && self.gateway.restricted > 0 {
                 d.conns
                     .into_iter()
-                    .filter(|c| self.subs.get(c).is_none_or(|s| s.may_see(world)))
+                    .filter(|c| self.events_may_see(*c, world))
                     .collect()
             } else {
                 d.conns

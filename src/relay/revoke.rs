@@ -44,6 +44,7 @@ impl Relay {
     /// world's kept events.
     pub(crate) fn end_streams_of_world(&mut self, world: &str, out: &mut Vec<Action>) {
         self.end_subscribers(|s| s.world.as_deref() == Some(world), WORLD_UNPAIRED, out);
+        self.gateway_drop_world(world, WsClose::new(1008, WORLD_UNPAIRED), out);
         self.hub.clear_ring(world);
     }
 
