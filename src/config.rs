@@ -345,9 +345,10 @@ options! {
         pair_request_rate_limit: usize = count("20"), "requests/15 min/IP";
         /// WebSocket upgrades per minute per IP.
         ws_upgrade_rate_limit: usize = count("100"), "upgrades/min/IP";
-        /// Browser origins allowed to open WebSockets, comma-separated (e.g.
-        /// https://app.example.com), or * for any. Empty: same-origin only. Requests
-        /// without an Origin header (non-browser clients) are not affected.
+        /// Browser origins allowed to open WebSockets besides the relay's own (same-origin,
+        /// and --public-url's), comma-separated (e.g. https://app.example.com), or * for
+        /// any. The list adds to same-origin, never replaces it. Requests without an Origin
+        /// header (non-browser clients) are not affected.
         allowed_ws_origins: Vec<String> = origins(""), "origins";
         /// Honour X-Forwarded-For and X-Forwarded-Proto, only from a reverse proxy on
         /// loopback. Enable when the relay sits behind nginx or Caddy on the same host.

@@ -423,7 +423,9 @@ fn owner_signs_in_creates_a_key_and_approves_a_pairing() {
             return;
         }
     };
-    let relay = Relay::start(&[]);
+    // An allow-list for another app adds to same-origin: the page's own live view still
+    // connects (issue 10: the list used to replace it).
+    let relay = Relay::start(&["--allowed-ws-origins", "https://other-app.example"]);
     let addr = relay.addr();
     // The relay writes the admin key on its first start (main.rs), before it listens.
     let key_file = relay.data_dir().join("admin.key");

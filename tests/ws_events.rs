@@ -168,6 +168,31 @@ fn origin_allow_list() {
         ("https://b.example", true),
         ("https://c.example", false),
         ("http://app.example", false),
+        // The list adds to same-origin, never replaces it (the admin page's live view).
+        (&format!("http://{addr}")[..], true),
+    ] {
+        let r = ws_connect(
+            addr,
+            "/ws/events",
+            &[("x-api-key", &key), ("Origin", origin)],
+        );
+        assert_eq!(r.is_ok(), allowed, "{origin}");
+    }
+    // A refusal is logged at info with its origin.
+    assert!(
+        wait_for(secs(5), || env.relay.logs().contains("https://c.example")),
+        "refused origin not logged: {}",
+        env.relay.logs()
+    );
+
+    // --public-url's origin counts as the relay's own (a proxy may rewrite Host).
+    let env = start_provisioned_with(&["--public-url", "https://relay.example/base"], &[]);
+    let addr = env.relay.addr();
+    let key = env.key().to_string();
+    for (origin, allowed) in [
+        ("https://relay.example", true),
+        ("http://relay.example", false),
+        ("https://other.example", false),
     ] {
         let r = ws_connect(
             addr,

@@ -420,7 +420,10 @@ function openEvents() {
   try { ws = new WebSocket(url); } catch (_) { evStatus('unavailable', 'bad'); return; }
   EV.ws = ws;
   evStatus('connecting', 'warn');
+  let opened = false;
   ws.onopen = () => {
+    opened = true;
+    $('ev-why').hidden = true;
     EV.retry = 0;
     ws.send(JSON.stringify({ type: 'subscribe', events: ['all'] }));
     evStatus('live', 'ok');
@@ -434,6 +437,16 @@ function openEvents() {
     if (EV.ws !== ws) return;
     EV.ws = null;
     evStatus(c.reason ? 'closed: ' + c.reason : 'reconnecting', 'off');
+    if (!opened) {
+      // The upgrade was refused (a browser is told nothing more): say what usually causes it.
+      evStatus('cannot connect', 'bad');
+      const why = $('ev-why');
+      why.textContent = 'The relay refused the live view\'s WebSocket. It accepts its own origin ' +
+        '(the Host this page was loaded from, and --public-url); a reverse proxy that rewrites ' +
+        'Host breaks that: pass Host through, set --public-url, or add ' + location.origin +
+        ' to --allowed-ws-origins (or sign in again if the session expired). The relay logs each refused origin. Retrying…';
+      why.hidden = false;
+    }
     if (!signedIn) return;
     // Back off 1, 2, 4 … 30 s; a 401 on the upgrade also lands here.
     EV.timer = setTimeout(openEvents, Math.min(30000, 1000 * 2 ** EV.retry++));

@@ -128,12 +128,34 @@ impl Relay {
     /// empty body)` for a browser origin outside `allowed_ws_origins` (empty list: same
     /// origin only). No `Origin` (bots, scripts) passes: the token protects those.
     pub(crate) fn ws_origin_refusal(&self, head: &Head) -> Option<Response> {
-        let ok = origin_allowed(
-            head.header("origin"),
-            head.header("host"),
-            &self.cfg.allowed_ws_origins,
+        let origin = head.header("origin");
+        let host = head.header("host");
+        if origin_allowed(origin, host, &self.cfg.allowed_ws_origins) {
+            return None;
+        }
+        // The relay's public address is its own origin too (a proxy may rewrite Host).
+        let public = self.cfg.public_url.as_deref().map(|u| {
+            let u = u.trim_end_matches('/');
+            let scheme_end = u.find("://").map_or(0, |i| i + 3);
+            let end = u[scheme_end..]
+                .find('/')
+                .map_or(u.len(), |i| scheme_end + i);
+            u[..end].to_string()
+        });
+        if let Some(p) = public {
+            if origin_allowed(origin, None, std::slice::from_ref(&p)) {
+                return None;
+            }
+        }
+        // The page gets an empty 403 (RFC 6455 §10.2); the owner gets the reason here.
+        log::info!(
+            "refused a WebSocket upgrade to {} from browser origin {:?} (Host {:?}): not \
+             same-origin and not in --allowed-ws-origins",
+            head.path,
+            origin.unwrap_or(""),
+            host.unwrap_or("")
         );
-        (!ok).then(|| Response::new(403))
+        Some(Response::new(403))
     }
 
     /// Count one WebSocket upgrade from `peer`: `Some(429 …)` with `Retry-After` when over
