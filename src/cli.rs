@@ -325,11 +325,14 @@ fn print_keys(keys: &[Value], out: &mut dyn Write) {
 }
 
 fn print_worlds(worlds: &[Value], out: &mut dyn Write) {
-    let _ = writeln!(out, "CLIENT ID\tONLINE\tWORLD\tSYSTEM\tLAST SEEN");
+    let _ = writeln!(
+        out,
+        "CLIENT ID\tONLINE\tWORLD\tSYSTEM\tLAST SEEN\tSERVER ORIGIN"
+    );
     for w in worlds {
         let _ = writeln!(
             out,
-            "{}\t{}\t{}\t{}\t{}",
+            "{}\t{}\t{}\t{}\t{}\t{}",
             w["clientId"].as_str().unwrap_or(""),
             if w["isOnline"].as_bool() == Some(true) {
                 "yes"
@@ -339,6 +342,10 @@ fn print_worlds(worlds: &[Value], out: &mut dyn Write) {
             w["worldTitle"].as_str().unwrap_or(""),
             w["systemId"].as_str().unwrap_or(""),
             ms_label(&w["lastSeen"]),
+            w["serverOrigin"]
+                .as_str()
+                .filter(|o| !o.is_empty())
+                .unwrap_or("-"),
         );
     }
 }

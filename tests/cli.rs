@@ -162,7 +162,7 @@ fn running_mode_goes_through_the_admin_api() {
         addr,
         "/auth/pair",
         &[],
-        &json!({"code": code, "worldId": "w"}),
+        &json!({"code": code, "worldId": "w", "serverOrigin": "https://foundry.example"}),
     );
     assert_eq!(r.status, 200, "{r:?}");
     let client_id = r.json()["clientId"].as_str().unwrap().to_string();
@@ -170,7 +170,9 @@ fn running_mode_goes_through_the_admin_api() {
     let world = FakeWorld::online(addr, &client_id, &token);
     let worlds = ok(d, &["worlds"]);
     assert!(
-        worlds.contains(&client_id) && worlds.contains("yes"),
+        worlds.contains(&client_id)
+            && worlds.contains("yes")
+            && worlds.contains("https://foundry.example"),
         "{worlds}"
     );
     ok(d, &["unpair", &client_id]);

@@ -223,7 +223,7 @@ function renderWorlds(d) {
         el('div', { class: 'meta' }, system(w), ' · Foundry ', str(w.foundryVersion) || '?'),
         el('div', { class: 'meta' }, w.isOnline ? ['connected ', when(w.connectedSince)] : ['last seen ', when(w.lastSeen)],
           ' · paired ', when(w.pairedAt, 'unknown')),
-        el('div', { class: 'meta mono' }, str(w.clientId))),
+        el('div', { class: 'meta mono' }, str(w.clientId), w.serverOrigin ? ' · ' + str(w.serverOrigin) : '')),
       el('div', { class: 'actions' },
         el('button', { type: 'button', class: 'danger small', onclick: (ev) => {
           if (!confirm('Unpair "' + name + '"? Its connection tokens stop working and it disconnects.')) return;

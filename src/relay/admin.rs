@@ -163,6 +163,7 @@ pub fn world_json(w: &KnownWorld, live: Option<&Live>) -> Value {
         "systemVersion": pick(m.map(|m| &m.system_version), &w.system_version),
         "foundryVersion": pick(m.map(|m| &m.foundry_version), &w.foundry_version),
         "customName": pick(m.map(|m| &m.custom_name), &w.custom_name),
+        "serverOrigin": w.server_origin,
         "isOnline": online,
         "connectedSince": since,
         "lastSeen": seen,

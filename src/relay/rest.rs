@@ -587,6 +587,13 @@ impl Relay {
                 "isOnline": false,
             }));
         }
+        // The Foundry server each world was paired from (a copy elsewhere has its own id).
+        for v in &mut live {
+            let id = v["clientId"].as_str().unwrap_or("");
+            if let Some(w) = self.state.worlds.iter().find(|w| w.client_id == id) {
+                v["serverOrigin"] = Value::from(w.server_origin.clone());
+            }
+        }
         // relay-protocol.md §2.7: string fields are omitted when empty.
         for v in &mut live {
             if let Value::Object(m) = v {
