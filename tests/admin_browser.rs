@@ -634,6 +634,20 @@ fn owner_signs_in_creates_a_key_and_approves_a_pairing() {
             js_str(&client_id)
         ),
     );
+    // Issue 10: who is logged in (player-list) and the module's notices (module-notify).
+    page.wait(
+        "the world's players",
+        "document.getElementById('world-list').textContent.includes('players: Gamemaster (GM)')",
+    );
+    assert!(
+        online.send_json(&json!({"type": "module-notify", "event": "settings-change",
+        "details": "Setting `wsRelayUrl` was changed", "actor": "Gamemaster", "world": "W"}))
+    );
+    page.wait(
+        "the module-notify event",
+        "[...document.querySelectorAll('#ev-list li')].some(li => \
+         li.textContent.includes('module-notify') && li.textContent.includes('wsRelayUrl'))",
+    );
 
     if std::env::var("FVTT_RELAY_SCREENSHOT").is_ok_and(|v| v == "1") {
         // A second world waiting, and a fresh pairing code, so the picture shows every panel.

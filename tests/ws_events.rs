@@ -409,3 +409,57 @@ fn slow_consumer_is_dropped_and_others_keep_receiving() {
     // The world link was never held up: it still answers.
     assert!(w.wait_subscription("hooks", secs(5), |n| n == 1));
 }
+
+/// `module-notify` reaches `/ws/events` sockets that ask for it (and `all`), is counted in
+/// `/metrics`; `player-list` shows who is logged in on `/clients` and the admin API.
+#[test]
+fn module_notify_and_player_list() {
+    let env = start_provisioned_with(&[], &[]);
+    let w = env.world();
+    let addr = env.relay.addr();
+    let (mut notices, _) = env.subscribed("/ws/events", subscribe(json!(["module-notify"])));
+    let (mut all, _) = env.subscribed("/ws/events", subscribe(json!(["all"])));
+    let (mut hooks, _) = env.subscribed("/ws/events", subscribe(json!(["hooks"])));
+    let notice = json!({"type": "module-notify", "event": "settings-change",
+        "details": "Setting `wsRelayUrl` was changed", "actor": "Gamemaster",
+        "world": "Test World & Co"});
+    assert!(w.send_json(&notice));
+    for c in [&mut notices, &mut all] {
+        let got = c
+            .recv_type("module-notify", secs(5))
+            .expect("module-notify");
+        assert_eq!(got["clientId"], env.keys.client_id.as_str());
+        assert_eq!(got["data"]["details"], "Setting `wsRelayUrl` was changed");
+        assert_eq!(got["data"]["actor"], "Gamemaster");
+        assert!(got["timestamp"].as_u64().is_some());
+    }
+    hooks.send_json(&json!({"type": "ping"})).expect("ping");
+    let next = hooks.recv_json(secs(5)).unwrap_or(Value::Null);
+    assert_eq!(next["type"], "pong", "a hooks-only socket got {next}");
+    let m = get(
+        addr,
+        "/metrics",
+        &[("x-api-key", env.keys.admin_key.as_str())],
+    )
+    .text();
+    assert!(
+        m.lines().any(|l| l == "fvtt_relay_module_notices_total 1"),
+        "{m}"
+    );
+
+    // player-list (sent by the world right after auth-success).
+    let clients = get(addr, "/clients", &[("x-api-key", env.key())]).json();
+    let users = &clients["clients"][0]["users"];
+    assert_eq!(users[0]["name"], "Gamemaster", "{clients}");
+    assert_eq!(users[0]["active"], true);
+    let admin = [("x-api-key", env.keys.admin_key.as_str())];
+    let worlds = get(addr, "/admin/api/worlds", &admin).json();
+    assert_eq!(worlds["worlds"][0]["users"][1]["name"], "test", "{worlds}");
+    // A new list replaces the old.
+    assert!(w.send_json(&json!({"type": "player-list", "users": [
+        {"id": "u9", "name": "Newcomer", "role": 1, "active": true}]})));
+    assert!(wait_for(secs(5), || {
+        get(addr, "/clients", &[("x-api-key", env.key())]).json()["clients"][0]["users"][0]["name"]
+            == "Newcomer"
+    }));
+}

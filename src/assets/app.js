@@ -223,6 +223,8 @@ function renderWorlds(d) {
         el('div', { class: 'meta' }, system(w), ' · Foundry ', str(w.foundryVersion) || '?'),
         el('div', { class: 'meta' }, w.isOnline ? ['connected ', when(w.connectedSince)] : ['last seen ', when(w.lastSeen)],
           ' · paired ', when(w.pairedAt, 'unknown')),
+        Array.isArray(w.users) && w.users.length ? el('div', { class: 'meta' }, 'players: ',
+          w.users.map((u) => str(u.name) + (u.role >= 4 ? ' (GM)' : '') + (u.active ? ' ●' : '')).join(', ')) : null,
         el('div', { class: 'meta mono' }, str(w.clientId), w.serverOrigin ? ' · ' + str(w.serverOrigin) : '')),
       el('div', { class: 'actions' },
         el('button', { type: 'button', class: 'danger small', onclick: (ev) => {
@@ -474,6 +476,8 @@ function onEvent(msg) {
     summary = w === null ? 'current state' : w + ' world' + (w === 1 ? '' : 's') + ' online';
   } else if (type === 'error') {
     summary = str(msg.error || msg.message);
+  } else if (type === 'module-notify' && data && typeof data === 'object') {
+    summary = str(data.details) + (data.actor ? ' (by ' + str(data.actor) + ')' : '');
   }
   const row = { type, ts: typeof msg.timestamp === 'number' ? msg.timestamp : Date.now(),
     who: msg.clientId ? worldName(str(msg.clientId)) : '', summary, data };

@@ -164,6 +164,7 @@ pub fn world_json(w: &KnownWorld, live: Option<&Live>) -> Value {
         "foundryVersion": pick(m.map(|m| &m.foundry_version), &w.foundry_version),
         "customName": pick(m.map(|m| &m.custom_name), &w.custom_name),
         "serverOrigin": w.server_origin,
+        "users": live.map(|l| l.users.clone()).filter(Value::is_array),
         "isOnline": online,
         "connectedSince": since,
         "lastSeen": seen,

@@ -286,15 +286,7 @@ impl Relay {
                     }
                 }
             }
-            "module-notify" => {
-                if let Ok(v) = serde_json::from_str::<Value>(&text) {
-                    info!(
-                        "{conn}: module notice: {} {}",
-                        v.get("event").and_then(Value::as_str).unwrap_or(""),
-                        v.get("details").and_then(Value::as_str).unwrap_or("")
-                    );
-                }
-            }
+            "module-notify" => self.module_notify(conn, &text, now, out),
             "get-known-clients" => {
                 let clients = self.clients_json(None, now);
                 let reply = json!({
@@ -329,6 +321,35 @@ impl Relay {
                 debug!("{conn}: module message of type {other:?} ignored");
             }
         }
+    }
+
+    /// `module-notify` (module-protocol.md §5; e.g. "Setting `wsRelayUrl` was changed" by a
+    /// user): logged, counted, and sent to `/ws/events` sockets that asked for
+    /// `module-notify` (the admin page's live view asks for `all`).
+    fn module_notify(&mut self, conn: ConnId, text: &str, now: Instant, out: &mut Vec<Action>) {
+        let Some(world) = self.worlds.client_of(conn).map(str::to_string) else {
+            return;
+        };
+        let Ok(v) = serde_json::from_str::<Value>(text) else {
+            return;
+        };
+        let field = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        info!(
+            "{conn}: world {world} notice: {} {} (by {})",
+            field("event"),
+            field("details"),
+            field("actor")
+        );
+        self.metrics.module_notices += 1;
+        // The module's own fields, nothing else (its `type` is the envelope's).
+        let data = json!({
+            "event": field("event"),
+            "details": field("details"),
+            "actor": field("actor"),
+            "world": field("world"),
+        });
+        let ds = self.hub.module_notice(&world, &data, self.clock.ms(now));
+        self.push_deliveries(&world, ds, out);
     }
 
     /// The world link closed: the world goes offline and its waiters fail at once.

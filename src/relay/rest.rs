@@ -562,7 +562,14 @@ impl Relay {
             .worlds
             .iter()
             .filter(|l| only.is_none_or(|o| o == l.meta.client_id))
-            .map(|l| l.to_json())
+            .map(|l| {
+                let mut v = l.to_json();
+                // Who is logged in, from the module's latest `player-list`.
+                if l.users.is_array() {
+                    v["users"] = l.users.clone();
+                }
+                v
+            })
             .collect();
         live.sort_by(|a, b| a["clientId"].as_str().cmp(&b["clientId"].as_str()));
         for w in &self.state.worlds {
