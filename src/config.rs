@@ -318,6 +318,9 @@ options! {
         max_request_timeout: Duration = duration("45s"), "time";
         /// Timeout for a request sent over /ws/api.
         ws_api_request_timeout: Duration = duration("30s"), "time";
+        /// Timeout for a cross-world remote-request (the module's own default is 60 s);
+        /// then the asking world gets remote-response with an error.
+        remote_request_timeout: Duration = duration("60s"), "time";
         /// Requests one /ws/api connection may have in flight at once.
         ws_api_max_inflight: usize = count("100"), "requests";
         /// /ws/api event subscriptions per world, over all sockets and channels (the
@@ -986,6 +989,7 @@ mod tests {
             request_timeout_default: secs(10),
             max_request_timeout: secs(45),
             ws_api_request_timeout: secs(30),
+            remote_request_timeout: secs(60),
             ws_api_max_inflight: 100,
             ws_api_max_subscriptions: 10,
             sse_max_per_channel: 10,

@@ -140,6 +140,11 @@ pub struct KnownWorld {
     /// The Foundry server's origin (`serverOrigin` in `/auth/pair`, normalized; "" unknown):
     /// a copy of the world on another server gets its own clientId (relay-protocol.md §5.6).
     pub server_origin: String,
+    /// Cross-world permission (relay-protocol.md §5.8): the clientIds this world may send
+    /// `remote-request`s to, or `*` for every other world; never itself.
+    pub allowed_targets: Vec<String>,
+    /// The scopes those remote requests may use (the action's scope must be among them).
+    pub remote_scopes: Vec<String>,
     pub paired_ms: u64,
     pub last_seen_ms: Option<u64>,
 }
@@ -243,7 +248,8 @@ fn migrate_v0_to_v1(obj: &mut serde_json::Map<String, Value>) -> Result<(), Stri
 }
 
 /// v1 -> v2: each known world gains `server_origin` ("" = not known yet; the next pairing
-/// from the world records it).
+/// from the world records it) and empty cross-world grants (`allowed_targets`,
+/// `remote_scopes`: nothing is allowed until the owner grants it).
 fn migrate_v1_to_v2(obj: &mut serde_json::Map<String, Value>) -> Result<(), String> {
     if let Some(worlds) = obj.get_mut("worlds") {
         let worlds = worlds.as_array_mut().ok_or("\"worlds\" is not an array")?;
@@ -252,6 +258,10 @@ fn migrate_v1_to_v2(obj: &mut serde_json::Map<String, Value>) -> Result<(), Stri
                 return Err("an entry of \"worlds\" is not an object".into());
             };
             w.entry("server_origin").or_insert_with(|| Value::from(""));
+            w.entry("allowed_targets")
+                .or_insert_with(|| Value::Array(Vec::new()));
+            w.entry("remote_scopes")
+                .or_insert_with(|| Value::Array(Vec::new()));
         }
     }
     Ok(())
@@ -779,6 +789,8 @@ pub(crate) mod tests {
         assert_eq!(saved["version"], 2);
         assert_eq!(saved["worlds"][0]["server_origin"], "");
         assert_eq!(saved["worlds"][0]["paired_ms"], 5);
+        assert_eq!(saved["worlds"][0]["allowed_targets"], serde_json::json!([]));
+        assert_eq!(saved["worlds"][0]["remote_scopes"], serde_json::json!([]));
     }
 
     #[test]

@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use super::io::Action;
 use super::limits::too_many;
 use super::pairing::ReqStatus;
+use super::remote;
 use super::rest::presented_key;
 use super::world::Live;
 use super::Relay;
@@ -165,6 +166,8 @@ pub fn world_json(w: &KnownWorld, live: Option<&Live>) -> Value {
         "customName": pick(m.map(|m| &m.custom_name), &w.custom_name),
         "serverOrigin": w.server_origin,
         "users": live.map(|l| l.users.clone()).filter(Value::is_array),
+        "allowedTargets": w.allowed_targets,
+        "remoteScopes": w.remote_scopes,
         "isOnline": online,
         "connectedSince": since,
         "lastSeen": seen,
@@ -362,6 +365,7 @@ impl Relay {
                 Response::json(200, &json!({"worlds": worlds}))
             }
             (Method::Delete, ["worlds", id]) => self.unpair_world(id, now, out),
+            (Method::Patch, ["worlds", id]) => self.set_grants(id, body, out),
             (_, ["keys"]) if get => {
                 let keys: Vec<Value> = self.state.api_keys.iter().map(key_json).collect();
                 Response::json(200, &json!({"keys": keys}))
@@ -417,7 +421,7 @@ impl Relay {
                 }
             }
             (Method::Post, ["pair-requests", code, verb @ ("approve" | "deny")]) => {
-                self.decide_pair_request(code, *verb == "approve", now_ms, out)
+                self.decide_pair_request(code, *verb == "approve", body, now_ms, out)
             }
             (_, ["tokens"]) if get => {
                 let list: Vec<Value> = self.state.tokens.iter().map(token_json).collect();
@@ -540,10 +544,74 @@ impl Relay {
         Response::json(200, &json!({"success": true}))
     }
 
+    /// `PATCH /admin/api/worlds/{clientId}` `{allowedTargets?, remoteScopes?}` (arrays or
+    /// comma-separated): replace the world's cross-world grants (relay/remote.rs).
+    fn set_grants(&mut self, id: &str, body: &[u8], out: &mut Vec<Action>) -> Response {
+        let v: Value = match body_json(body) {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+        let Some(w) = self
+            .state
+            .worlds
+            .iter()
+            .find(|w| w.client_id == id)
+            .cloned()
+        else {
+            return Response::error(404, "Unknown clientId");
+        };
+        let lists = (
+            remote::string_list(v.get("allowedTargets")),
+            remote::string_list(v.get("remoteScopes")),
+        );
+        let (targets, scopes) = match lists {
+            (Ok(t), Ok(s)) => (
+                t.unwrap_or(w.allowed_targets.clone()),
+                s.unwrap_or(w.remote_scopes.clone()),
+            ),
+            (Err(e), _) | (_, Err(e)) => return Response::error(400, &e),
+        };
+        match self.grant(w, &targets, &scopes, false, out) {
+            Ok(v) => Response::json(200, &v),
+            Err(e) => Response::error(400, &e),
+        }
+    }
+
+    /// Store a world's grants (validated); with `add`, merged into what it has. Returns the
+    /// world's admin view.
+    fn grant(
+        &mut self,
+        mut w: KnownWorld,
+        targets: &[String],
+        scopes: &[String],
+        add: bool,
+        out: &mut Vec<Action>,
+    ) -> Result<Value, String> {
+        let (mut t, mut s) = if add {
+            (w.allowed_targets.clone(), w.remote_scopes.clone())
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        t.extend(targets.iter().cloned());
+        s.extend(scopes.iter().cloned());
+        let (t, s) = remote::validate_grants(&self.state, &w.client_id, &t, &s)?;
+        w.allowed_targets = t;
+        w.remote_scopes = s;
+        info!(
+            "world {}: cross-world targets {:?}, scopes {:?}",
+            w.client_id, w.allowed_targets, w.remote_scopes
+        );
+        let view = world_json(&w, self.worlds.get(&w.client_id));
+        self.state.upsert_world(w);
+        out.push(Action::Persist);
+        Ok(view)
+    }
+
     fn decide_pair_request(
         &mut self,
         code: &str,
         approve: bool,
+        body: &[u8],
         now_ms: u64,
         out: &mut Vec<Action>,
     ) -> Response {
@@ -567,9 +635,64 @@ impl Relay {
             "expired" => return Response::error(410, "Pair request has expired"),
             _ => return Response::error(409, "Pair request was already decided"),
         }
+        let mut granted = Value::Null;
         let new_status = if !approve {
             ReqStatus::Denied
         } else if upgrade {
+            // An upgrade asks for cross-world permission. What is granted is what the owner
+            // chose on approval (`allowedTargets`, `remoteScopes`), else what the request
+            // named, added to what the world has. An approval that would leave the world
+            // with no target or no scope grants nothing: refused, so the module is never
+            // told `upgraded: true` for nothing.
+            let Some(w) = bound.as_ref().and_then(|c| {
+                self.state
+                    .worlds
+                    .iter()
+                    .find(|w| &w.client_id == c)
+                    .cloned()
+            }) else {
+                return Response::error(
+                    409,
+                    "The world asking for an upgrade is not paired with this relay; deny it",
+                );
+            };
+            let v: Value = match body_json(body) {
+                Ok(v) => v,
+                Err(r) => return r,
+            };
+            let (req_t, req_s) = match self.owner.requests.get(i) {
+                Some(r) => (r.requested_targets.clone(), r.requested_scopes.clone()),
+                None => return Response::error(404, "Pair request not found"),
+            };
+            let (t, s) = match (
+                remote::string_list(v.get("allowedTargets")),
+                remote::string_list(v.get("remoteScopes")),
+            ) {
+                (Ok(t), Ok(s)) => (t.unwrap_or(req_t), s.unwrap_or(req_s)),
+                (Err(e), _) | (_, Err(e)) => return Response::error(400, &e),
+            };
+            let (all_t, all_s) = match remote::validate_grants(
+                &self.state,
+                &w.client_id,
+                &[w.allowed_targets.clone(), t.clone()].concat(),
+                &[w.remote_scopes.clone(), s.clone()].concat(),
+            ) {
+                Ok(x) => x,
+                Err(e) => return Response::error(400, &e),
+            };
+            if all_t.is_empty() || all_s.is_empty() {
+                return Response::error(
+                    400,
+                    "This approval grants nothing: choose at least one target world and one \
+                     scope for cross-world requests, or deny the request",
+                );
+            }
+            granted = match self.grant(w, &t, &s, true, out) {
+                Ok(v) => {
+                    json!({"allowedTargets": v["allowedTargets"], "remoteScopes": v["remoteScopes"]})
+                }
+                Err(e) => return Response::error(400, &e),
+            };
             ReqStatus::Approved(None)
         } else {
             let ttl_ms = u64::try_from(self.cfg.pairing_code_ttl.as_millis()).unwrap_or(u64::MAX);
@@ -587,7 +710,11 @@ impl Relay {
             "pair request {code} {}",
             if approve { "approved" } else { "denied" }
         );
-        Response::json(200, &r.to_json(now_ms))
+        let mut v = r.to_json(now_ms);
+        if !granted.is_null() {
+            v["granted"] = granted;
+        }
+        Response::json(200, &v)
     }
 
     fn patch_token(
@@ -649,7 +776,8 @@ fn admin_methods(segs: &[&str]) -> Option<&'static str> {
         ["session" | "scopes" | "worlds" | "pair-requests" | "tokens"] => "GET, HEAD",
         ["pair-requests", _] => "GET, HEAD",
         ["keys"] => "GET, HEAD, POST",
-        ["worlds" | "keys", _] => "DELETE",
+        ["worlds", _] => "PATCH, DELETE",
+        ["keys", _] => "DELETE",
         ["tokens", _] => "PATCH, DELETE",
         _ => return None,
     })

@@ -171,7 +171,7 @@ const MISSING_REQUEST_ID: &str = "Missing \"requestId\" field for request messag
 const MAX_SUBS: &str = "Maximum event subscriptions reached for this client";
 
 /// The scope a forwardable type needs, or `None` for a type that is not forwardable.
-fn required_scope(ws_type: &str) -> Option<&'static str> {
+pub(crate) fn required_scope(ws_type: &str) -> Option<&'static str> {
     let (_, scope) = FORWARDABLE.iter().find(|(t, _)| *t == ws_type)?;
     Some(match (*scope, ws_type) {
         // Decisions for the rows without a scope (see the module comment).
@@ -300,7 +300,7 @@ fn resolve_world(
 /// HTTP shape of §2.2 step 6): the caller's fields minus `type`, `requestId`, `clientId`,
 /// `_scopes` and (except for the screenshot types) `format`; the bound user as `userId`;
 /// then `type`, our `requestId`, `_scopes`, and `data: {}` when absent.
-fn module_request(
+pub(crate) fn module_request(
     ws_type: &str,
     mut fields: Map<String, Value>,
     relay_request_id: &str,

@@ -289,32 +289,26 @@ impl Relay {
             "module-notify" => self.module_notify(conn, &text, now, out),
             "get-known-clients" => {
                 let clients = self.clients_json(None, now);
+                // What this world may do across worlds (relay/remote.rs).
+                let (targets, scopes) = self
+                    .worlds
+                    .client_of(conn)
+                    .and_then(|id| self.state.worlds.iter().find(|w| w.client_id == id))
+                    .map(|w| (w.allowed_targets.clone(), w.remote_scopes.clone()))
+                    .unwrap_or_default();
                 let reply = json!({
                     "type": "known-clients-result",
                     "requestId": request_id,
                     "clients": clients,
-                    "tokenScopes": [],
-                    "tokenAllowedTargets": [],
+                    "tokenScopes": scopes,
+                    "tokenAllowedTargets": targets,
                 });
                 out.push(Action::Text {
                     conn,
                     payload: Bytes::Owned(reply.to_string().into_bytes()),
                 });
             }
-            "remote-request" => {
-                // Cross-world tunnelling needs per-token target grants, which pairing does
-                // not issue yet: answer at once so the module does not wait 60 s.
-                let reply = json!({
-                    "type": "remote-response",
-                    "requestId": request_id,
-                    "success": false,
-                    "error": "Cross-world requests are not enabled on this relay",
-                });
-                out.push(Action::Text {
-                    conn,
-                    payload: Bytes::Owned(reply.to_string().into_bytes()),
-                });
-            }
+            "remote-request" => self.remote_request(conn, &text, now, out),
             other => {
                 // Includes late replies whose caller left or timed out. Never echoed to
                 // other worlds (the reference re-broadcasts; we do not).
@@ -412,6 +406,17 @@ impl Relay {
                     conn,
                     payload: Bytes::Owned(reply.to_string().into_bytes()),
                 });
+            }
+            Caller::Remote {
+                conn,
+                source_request_id,
+            } => {
+                let message = match status {
+                    408 => "Remote request timed out",
+                    502 => "The target world disconnected",
+                    _ => message,
+                };
+                self.remote_error(conn, &source_request_id, message, out);
             }
         }
     }

@@ -72,6 +72,10 @@ pub(crate) struct PairRequest {
     pub server_fingerprint: String,
     pub client_id: Option<String>,
     pub upgrade_only: bool,
+    /// What an upgrade request asks for (`requestedTargetClients`, `requestedRemoteScopes`;
+    /// the module's Upgrade button sends neither, so the owner chooses on approval).
+    pub requested_targets: Vec<String>,
+    pub requested_scopes: Vec<String>,
     pub status: ReqStatus,
     pub created_ms: u64,
     pub expires_ms: u64,
@@ -102,6 +106,8 @@ impl PairRequest {
             "foundryVersion": self.foundry_version,
             "clientId": self.client_id,
             "upgradeOnly": self.upgrade_only,
+            "requestedTargetClients": self.requested_targets,
+            "requestedRemoteScopes": self.requested_scopes,
             "status": self.status_name(now_ms),
             "createdAt": self.created_ms,
             "expiresAt": self.expires_ms,
@@ -283,6 +289,8 @@ struct PairRequestBody {
     server_fingerprint: Option<String>,
     client_id: Option<String>,
     upgrade_only: Option<bool>,
+    requested_remote_scopes: Option<Value>,
+    requested_target_clients: Option<Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -519,6 +527,14 @@ impl Relay {
             server_fingerprint: s(b.server_fingerprint),
             client_id,
             upgrade_only,
+            requested_targets: super::remote::string_list(b.requested_target_clients.as_ref())
+                .ok()
+                .flatten()
+                .unwrap_or_default(),
+            requested_scopes: super::remote::string_list(b.requested_remote_scopes.as_ref())
+                .ok()
+                .flatten()
+                .unwrap_or_default(),
             status: ReqStatus::Pending,
             created_ms: now_ms,
             expires_ms: now_ms.saturating_add(ttl_ms),
@@ -760,6 +776,8 @@ mod tests {
             server_fingerprint: String::new(),
             client_id: None,
             upgrade_only: false,
+            requested_targets: vec![],
+            requested_scopes: vec![],
             status: ReqStatus::Pending,
             created_ms: 0,
             expires_ms,

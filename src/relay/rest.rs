@@ -483,6 +483,10 @@ impl Relay {
                 client_request_id,
                 ws_type,
             } => self.deliver_ws_api_reply(conn, client_request_id, &ws_type, &w.world, text, out),
+            Caller::Remote {
+                conn,
+                source_request_id,
+            } => self.deliver_remote_reply(conn, &source_request_id, &text, out),
         }
     }
 
