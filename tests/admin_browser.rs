@@ -671,6 +671,50 @@ fn owner_signs_in_creates_a_key_and_approves_a_pairing() {
         screenshot(&mut page, "docs/admin.png");
     }
 
+    // Issue 10: the module's Upgrade button asks for cross-world permission; the pair page
+    // shows exactly what approving grants, refuses an approval that grants nothing, and
+    // stores what the owner chose.
+    let up = post_json(
+        addr,
+        "/auth/pair-request",
+        &[],
+        &json!({"clientId": client_id, "worldId": "browser-world", "worldTitle": "Browser World",
+                "upgradeOnly": true}),
+    );
+    expect_status(&up, 201, "upgrade request");
+    let up_code = up.json()["code"].as_str().unwrap_or_default().to_string();
+    page.goto(&format!("/pair/{up_code}"));
+    page.wait(
+        "the grant fields",
+        "!document.getElementById('pair-grant').hidden && document.getElementById('pg-targets') !== null",
+    );
+    page.click("#pair-approve");
+    page.wait(
+        "the refusal of an empty grant",
+        "document.getElementById('pair-status').textContent.includes('grants nothing')",
+    );
+    page.type_into("pg-targets", "*");
+    page.type_into("pg-scopes", "roll:execute, entity:read");
+    page.click("#pair-approve");
+    page.wait(
+        "the approval",
+        "document.getElementById('pair-status').textContent.startsWith('Approved')",
+    );
+    let worlds = get(
+        addr,
+        "/admin/api/worlds",
+        &[("x-api-key", admin_key.as_str())],
+    )
+    .json();
+    let w = &worlds["worlds"][0];
+    assert_eq!(w["allowedTargets"], json!(["*"]), "{worlds}");
+    assert_eq!(w["remoteScopes"], json!(["roll:execute", "entity:read"]));
+    page.goto("/admin");
+    page.wait(
+        "the grant in the worlds panel",
+        "document.getElementById('world-list').textContent.includes('cross-world: to every other world')",
+    );
+
     // 7. Unpair from the UI (its confirm() is accepted): the world and its token go away.
     page.click("#world-list button.danger");
     page.wait(

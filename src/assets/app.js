@@ -212,6 +212,22 @@ function count(id, n) {
   $(id).textContent = n ? String(n) : '';
 }
 
+// -- Cross-world permissions (relay-protocol.md §5.8): targets (clientIds or *) and scopes.
+function csv(v) {
+  return Array.isArray(v) ? v.map(str).join(', ') : str(v);
+}
+// Two inputs (targets, scopes) that say exactly what they grant; `vals()` reads them.
+function grantFields(idp, targets, scopes) {
+  const t = el('input', { id: idp + '-targets', type: 'text', value: csv(targets), spellcheck: 'false',
+    placeholder: 'clientIds, comma-separated, or *' });
+  const s = el('input', { id: idp + '-scopes', type: 'text', value: csv(scopes), spellcheck: 'false',
+    placeholder: 'e.g. roll:execute, entity:read' });
+  const box = el('div', { class: 'grant' },
+    el('label', { for: idp + '-targets' }, 'May send requests to'), t,
+    el('label', { for: idp + '-scopes' }, 'With scopes'), s);
+  return { box, vals: () => ({ allowedTargets: t.value, remoteScopes: s.value }) };
+}
+
 function renderWorlds(d) {
   A.worlds = Array.isArray(d.worlds) ? d.worlds : [];
   count('world-count', A.worlds.length);
@@ -225,7 +241,8 @@ function renderWorlds(d) {
           ' · paired ', when(w.pairedAt, 'unknown')),
         Array.isArray(w.users) && w.users.length ? el('div', { class: 'meta' }, 'players: ',
           w.users.map((u) => str(u.name) + (u.role >= 4 ? ' (GM)' : '') + (u.active ? ' ●' : '')).join(', ')) : null,
-        el('div', { class: 'meta mono' }, str(w.clientId), w.serverOrigin ? ' · ' + str(w.serverOrigin) : '')),
+        el('div', { class: 'meta mono' }, str(w.clientId), w.serverOrigin ? ' · ' + str(w.serverOrigin) : ''),
+        crossWorld(w)),
       el('div', { class: 'actions' },
         el('button', { type: 'button', class: 'danger small', onclick: (ev) => {
           if (!confirm('Unpair "' + name + '"? Its connection tokens stop working and it disconnects.')) return;
@@ -238,6 +255,18 @@ function renderWorlds(d) {
   if (A.data.tokens) renderTokens(A.data.tokens);
 }
 
+function crossWorld(w) {
+  const t = Array.isArray(w.allowedTargets) ? w.allowedTargets : [];
+  const sc = Array.isArray(w.remoteScopes) ? w.remoteScopes : [];
+  const f = grantFields('cw-' + str(w.clientId), t, sc);
+  const summary = t.length && sc.length
+    ? 'cross-world: to ' + t.map((x) => x === '*' ? 'every other world' : worldName(str(x))).join(', ') + ' · ' + sc.map(str).join(', ')
+    : 'cross-world: not allowed';
+  return el('details', { class: 'meta' }, el('summary', {}, summary), f.box,
+    el('button', { type: 'button', class: 'small', onclick: (ev) =>
+      act(ev.currentTarget, 'PATCH', '/admin/api/worlds/' + enc(w.clientId), f.vals(), [loadWorlds]) }, 'Save'));
+}
+
 function renderRequests(d) {
   const reqs = Array.isArray(d.requests) ? d.requests : [];
   const pending = reqs.filter((q) => q.status === 'pending').length;
@@ -245,6 +274,11 @@ function renderRequests(d) {
   fill($('req-list'), reqs.map((q) => {
     const code = str(q.code);
     const open = q.status === 'pending';
+    // An upgrade asks for cross-world permission: approving grants exactly these fields.
+    const cur = A.worlds.find((x) => x.clientId === q.clientId) || {};
+    const g = q.upgradeOnly && open ? grantFields('rq-' + code,
+      (q.requestedTargetClients || []).length ? q.requestedTargetClients : cur.allowedTargets || [],
+      (q.requestedRemoteScopes || []).length ? q.requestedRemoteScopes : cur.remoteScopes || []) : null;
     return el('li', { class: 'item' + (open ? ' attention' : '') },
       el('div', { class: 'grow' },
         el('div', { class: 'title' }, badge(str(q.status) || '?', open ? 'warn' : 'off'), ' ',
@@ -252,10 +286,11 @@ function renderRequests(d) {
           q.upgradeOnly ? [' ', badge('upgrade')] : null),
         el('div', { class: 'meta' }, system(q), ' · Foundry ', str(q.foundryVersion) || '?'),
         el('div', { class: 'meta' }, 'asked ', when(q.createdAt, '?'), ' · expires ', when(q.expiresAt, '?'),
-          ' · ', el('a', { href: '/pair/' + enc(code) }, 'open'))),
+          ' · ', el('a', { href: '/pair/' + enc(code) }, 'open')),
+        g ? g.box : null),
       open ? el('div', { class: 'actions' },
         el('button', { type: 'button', class: 'small', onclick: (ev) =>
-          act(ev.currentTarget, 'POST', '/admin/api/pair-requests/' + enc(code) + '/approve', {}, [loadRequests, loadWorlds, loadTokens]) }, 'Approve'),
+          act(ev.currentTarget, 'POST', '/admin/api/pair-requests/' + enc(code) + '/approve', g ? g.vals() : {}, [loadRequests, loadWorlds, loadTokens]) }, 'Approve'),
         el('button', { type: 'button', class: 'danger small', onclick: (ev) =>
           act(ev.currentTarget, 'POST', '/admin/api/pair-requests/' + enc(code) + '/deny', {}, [loadRequests]) }, 'Deny'))
         : null);
@@ -546,7 +581,7 @@ function adminStart() {
 }
 
 // -- Pair page
-const P = { code: '', until: 0, status: '', busy: false, bound: false, last: {} };
+const P = { code: '', until: 0, status: '', busy: false, bound: false, last: {}, grant: null };
 const PAIR_TEXT = {
   approved: 'Approved. Go back to Foundry: the module finishes pairing within a few seconds.',
   exchanged: 'Paired. The world has its connection token.',
@@ -583,6 +618,7 @@ function renderPair(q) {
   pairText('pi-system', system(q));
   pairText('pi-foundry', str(q.foundryVersion) || '?');
   $('pair-upgrade').hidden = !q.upgradeOnly;
+  pairGrant(q);
   if (typeof q.expiresIn === 'number') P.until = Date.now() + q.expiresIn * 1000;
   else if (typeof q.expiresAt === 'number') P.until = q.expiresAt;
   P.status = str(q.status) || 'pending';
@@ -592,6 +628,22 @@ function renderPair(q) {
   else setMsg('pair-status', PAIR_TEXT[P.status] || 'Status: ' + P.status, P.status === 'denied' || P.status === 'expired' ? 'err' : 'ok');
   if (!open) stopTimers();
   tickPair();
+}
+// An upgrade asks for cross-world permission: the fields say exactly what approving grants.
+async function pairGrant(q) {
+  const box = $('pair-grant');
+  if (!q.upgradeOnly || str(q.status) !== 'pending') { box.hidden = true; P.grant = null; return; }
+  if (P.grant) return;
+  let worlds = [];
+  try { worlds = (await api('GET', '/admin/api/worlds')).worlds || []; } catch (_) { /* shown without names */ }
+  const cur = worlds.find((w) => w.clientId === q.clientId) || {};
+  const req = (k) => Array.isArray(q[k]) && q[k].length ? q[k] : null;
+  P.grant = grantFields('pg', req('requestedTargetClients') || cur.allowedTargets || [],
+    req('requestedRemoteScopes') || cur.remoteScopes || []);
+  const others = worlds.filter((w) => w.clientId !== q.clientId)
+    .map((w) => str(w.worldTitle || w.worldId) + ' (' + str(w.clientId) + ')').join(', ');
+  box.replaceChildren(P.grant.box, el('p', { class: 'muted small' }, 'Other worlds: ' + (others || 'none')));
+  box.hidden = false;
 }
 function tickPair() {
   if (!P.until) return;
@@ -605,7 +657,8 @@ async function answer(verb) {
   P.busy = true;
   setMsg('pair-status', verb === 'approve' ? 'Approving…' : 'Denying…');
   try {
-    await api('POST', '/admin/api/pair-requests/' + enc(P.code) + '/' + verb, {});
+    const body = verb === 'approve' && P.grant ? P.grant.vals() : {};
+    await api('POST', '/admin/api/pair-requests/' + enc(P.code) + '/' + verb, body);
     P.busy = false;
     // Show the answer at once; the re-fetch then shows what the relay recorded.
     renderPair(Object.assign({}, P.last, { status: verb === 'approve' ? 'approved' : 'denied' }));
