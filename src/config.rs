@@ -320,7 +320,7 @@ options! {
         ws_api_request_timeout: Duration = duration("30s"), "time";
         /// Timeout for a cross-world remote-request (the module's own default is 60 s);
         /// then the asking world gets remote-response with an error.
-        remote_request_timeout: Duration = duration("60s"), "time";
+        remote_request_timeout: Duration = duration("1m"), "time";
         /// Requests one /ws/api connection may have in flight at once.
         ws_api_max_inflight: usize = count("100"), "requests";
         /// /ws/api event subscriptions per world, over all sockets and channels (the
