@@ -171,3 +171,25 @@ fn unpairing_a_world_closes_the_ws_events_sockets_following_it() {
     ws_closed(&mut following, "World unpaired");
     ws_alive(&mut all, false);
 }
+
+#[test]
+fn rotating_the_admin_key_ends_what_it_opened() {
+    let (p, _w) = setup();
+    let admin_key = p.keys.admin_key.clone();
+    let mut s = sse(&p, &admin_key);
+    let mut api = ws_api(&p, &admin_key);
+    let mut events = ws_events(&p, &admin_key, "/ws/events");
+    let mut other = ws_events(&p, p.key(), "/ws/events");
+    let r = request(
+        p.relay.addr(),
+        "POST",
+        "/admin/api/admin-key/rotate",
+        &admin(&p),
+        None,
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    sse_ended(&mut s, "Admin key rotated");
+    ws_closed(&mut api, "Admin key rotated");
+    ws_closed(&mut events, "Admin key rotated");
+    ws_alive(&mut other, false);
+}

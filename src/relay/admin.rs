@@ -436,8 +436,10 @@ impl Relay {
             (Method::Patch, ["tokens", id]) => self.patch_token(id, body, now, out),
             (Method::Post, ["admin-key", "rotate"]) => {
                 let key = self.state.rotate_admin_key();
-                // Every session was opened with the old key: they end with it.
+                // Every session was opened with the old key: they end with it, and so do
+                // the event streams opened with either (revoke.rs).
                 self.owner.sessions.clear();
+                self.drop_admin_subscribers(out);
                 out.push(Action::Persist);
                 info!("admin key rotated");
                 Response::json(200, &json!({"key": key}))

@@ -8,6 +8,7 @@
 //! | API key revoked | every subscriber connection it authenticated | `API key revoked` |
 //! | connection token revoked (admin, `self-unpair`) | `/ws/api` sockets it authenticated | `Connection token revoked` / `Unpaired by owner` |
 //! | world unpaired | every stream and socket following that world | `World unpaired` |
+//! | admin key rotated | every connection opened with the admin key or an admin session | `Admin key rotated` |
 //!
 //! SSE streams get `event: error` with `{"error":reason}`, then end; WebSockets get 1008
 //! (policy violation) with the reason: not 4002, which `/ws/api` clients read as
@@ -28,6 +29,7 @@ use crate::ids::ConnId;
 /// Why a subscriber connection was ended by a revocation.
 pub(crate) const KEY_REVOKED: &str = "API key revoked";
 pub(crate) const WORLD_UNPAIRED: &str = "World unpaired";
+pub(crate) const ADMIN_KEY_ROTATED: &str = "Admin key rotated";
 
 impl Relay {
     /// End every subscriber connection authenticated by API key or connection token `id`.
@@ -38,6 +40,12 @@ impl Relay {
         out: &mut Vec<Action>,
     ) {
         self.end_subscribers(|s| s.key_id.as_deref() == Some(id), reason, out);
+    }
+
+    /// End every subscriber connection opened with the admin key or an admin session (both
+    /// stop working when the key is rotated).
+    pub(crate) fn drop_admin_subscribers(&mut self, out: &mut Vec<Action>) {
+        self.end_subscribers(|s| s.key_id.is_none(), ADMIN_KEY_ROTATED, out);
     }
 
     /// End every subscriber connection that follows `world` (it was unpaired), and drop the
