@@ -321,6 +321,9 @@ options! {
         /// Timeout for a cross-world remote-request (the module's own default is 60 s);
         /// then the asking world gets remote-response with an error.
         remote_request_timeout: Duration = duration("1m"), "time";
+        /// Cross-world requests one world may have in flight at once; more are answered
+        /// with an error at once.
+        remote_max_inflight: usize = count("100"), "requests";
         /// Requests one /ws/api connection may have in flight at once.
         ws_api_max_inflight: usize = count("100"), "requests";
         /// /ws/api event subscriptions per world, over all sockets and channels (the
@@ -990,6 +993,7 @@ mod tests {
             max_request_timeout: secs(45),
             ws_api_request_timeout: secs(30),
             remote_request_timeout: secs(60),
+            remote_max_inflight: 100,
             ws_api_max_inflight: 100,
             ws_api_max_subscriptions: 10,
             sse_max_per_channel: 10,

@@ -9,7 +9,8 @@
 //!
 //! ```text
 //!  remote-request ─▶ target is itself? ─▶ target allowed? ─▶ action known? ─▶ scope granted?
-//!       ─▶ target online? ─▶ in-flight cap ─▶ forwarded (own requestId, --remote-request-timeout)
+//!       ─▶ target online? ─▶ --remote-max-inflight ─▶ forwarded (own requestId,
+//!          --remote-request-timeout)
 //!            each "no" ─▶ remote-response {success:false, error}
 //!  target reply ─▶ remote-response {success, data|error};  timeout / target gone ─▶ error
 //! ```
@@ -165,7 +166,7 @@ impl Relay {
             let e = format!("Target world {target} is not connected (this relay cannot start it)");
             return self.remote_error(conn, &rid, &e, out);
         };
-        if self.pending.count_for_caller(conn) >= self.cfg.ws_api_max_inflight {
+        if self.pending.count_for_caller(conn) >= self.cfg.remote_max_inflight {
             return self.remote_error(conn, &rid, "Too many remote requests in flight", out);
         }
         // An ordinary request on the target, with a requestId of ours: the asker's id is
@@ -377,6 +378,22 @@ mod tests {
             response_error(&out, a, "rr_d"),
             "The target world disconnected"
         );
+    }
+
+    #[test]
+    fn in_flight_requests_are_capped() {
+        let mut h = H::new(Config {
+            remote_max_inflight: 1,
+            ..Config::default()
+        });
+        let (a, _) = h.world_online(WORLD);
+        let (b, _) = h.world_online(OTHER);
+        grant(&mut h, &[OTHER], &["roll:execute"]);
+        let out = ask(&mut h, a, "rr_1", OTHER, "roll");
+        assert_eq!(texts(&out, b).len(), 1);
+        let out = ask(&mut h, a, "rr_2", OTHER, "roll");
+        assert!(texts(&out, b).is_empty());
+        assert!(response_error(&out, a, "rr_2").contains("Too many"));
     }
 
     #[test]
