@@ -754,3 +754,114 @@ fn screenshot(page: &mut Page, rel: &str) {
     }
     println!("admin_browser: wrote {}", path.display());
 }
+
+/// A reverse proxy that rewrites `Host` (a common nginx mistake): the admin page's live view
+/// is then cross-origin to the relay and refused. The page must say why, and the relay must
+/// log the refused origin (issue 10). The proxy rewrites the first request head of each
+/// connection, which is the upgrade for a WebSocket.
+fn host_rewriting_proxy(relay: std::net::SocketAddr) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("proxy bind");
+    let addr = listener.local_addr().expect("proxy addr");
+    thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let Ok(mut upstream) = TcpStream::connect(relay) else {
+                    return;
+                };
+                let mut reader = BufReader::new(match client.try_clone() {
+                    Ok(c) => c,
+                    Err(_) => return,
+                });
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    match reader.read_line(&mut line) {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                    let end = line == "\r\n";
+                    if line.to_ascii_lowercase().starts_with("host:") {
+                        line = "Host: relay.internal:3010\r\n".into();
+                    }
+                    head.push_str(&line);
+                    if end {
+                        break;
+                    }
+                }
+                use std::io::Write;
+                if upstream.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                let buffered = reader.buffer().to_vec();
+                if upstream.write_all(&buffered).is_err() {
+                    return;
+                }
+                let (Ok(mut up_r), Ok(mut down_w)) = (upstream.try_clone(), client.try_clone())
+                else {
+                    return;
+                };
+                let mut client_r = client;
+                let t = thread::spawn(move || {
+                    let _ = std::io::copy(&mut up_r, &mut down_w);
+                    let _ = down_w.shutdown(std::net::Shutdown::Both);
+                });
+                let _ = std::io::copy(&mut client_r, &mut upstream);
+                let _ = upstream.shutdown(std::net::Shutdown::Write);
+                let _ = t.join();
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn the_live_view_says_why_it_cannot_connect() {
+    let binary = match browser_or_install() {
+        Ok(b) => b,
+        Err(reason) => {
+            println!("admin_browser: SKIPPED (chromium unavailable: {reason})");
+            return;
+        }
+    };
+    let relay = Relay::start(&[]);
+    let key_file = relay.data_dir().join("admin.key");
+    let mut admin_key = String::new();
+    assert!(wait_for(secs(5), || {
+        admin_key = std::fs::read_to_string(&key_file)
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        !admin_key.is_empty()
+    }));
+    let proxy = host_rewriting_proxy(relay.addr());
+    let browser = Browser::launch(&binary).unwrap_or_else(|e| panic!("chromium: {e}"));
+    let mut cdp = Cdp::connect(&browser.ws_url).unwrap_or_else(|e| panic!("DevTools: {e}"));
+    cdp.open_page().unwrap_or_else(|e| panic!("page: {e}"));
+    let mut page = Page {
+        cdp,
+        base: format!("http://{proxy}"),
+    };
+    page.goto("/admin");
+    page.wait(
+        "the sign-in form",
+        "!document.getElementById('login').hidden",
+    );
+    page.type_into("login-key", &admin_key);
+    page.click("#login-form button[type=submit]");
+    page.wait(
+        "the live view refused, with the reason",
+        "document.getElementById('ev-status').textContent === 'cannot connect' && \
+         !document.getElementById('ev-why').hidden && \
+         document.getElementById('ev-why').textContent.includes('--allowed-ws-origins')",
+    );
+    let why = page.text_of("ev-why");
+    assert!(why.contains(&format!("http://{proxy}")), "{why}");
+    assert!(
+        wait_for(secs(5), || relay
+            .logs()
+            .contains(&format!("origin \"http://{proxy}\""))),
+        "the refusal was not logged: {}",
+        relay.logs()
+    );
+    drop(browser);
+}
