@@ -68,8 +68,12 @@ the relay's --pairing-code-ttl while it runs). --client-id re-pairs that existin
 ";
 const USAGE_WORLDS: &str = "\
 Usage: fvtt-relay worlds [--json]
+       fvtt-relay worlds grant CLIENT_ID [--targets ID,ID|*] [--scopes a,b] [--json]
 
-List the paired worlds and whether each is online.
+List the paired worlds and whether each is online. `grant` sets a world's cross-world
+permission: the other worlds it may send remote requests to (clientIds, or * for every other
+world; never itself) and the scopes those requests may use. An omitted flag keeps its value;
+an empty one (--targets '') clears it.
 ";
 const USAGE_STATUS: &str = "\
 Usage: fvtt-relay status [--json]
@@ -115,6 +119,7 @@ struct Flags {
     rotate: bool,
     name: Option<String>,
     scopes: Option<String>,
+    targets: Option<String>,
     client_ids: Vec<String>,
     user_id: Option<String>,
     expires_in: Option<u32>,
@@ -147,6 +152,7 @@ fn parse_flags(args: &[String]) -> Result<Flags, CliError> {
             "--data-dir" => f.data_dir = Some(PathBuf::from(value(name)?)),
             "--name" => f.name = Some(value(name)?),
             "--scopes" => f.scopes = Some(value(name)?),
+            "--targets" => f.targets = Some(value(name)?),
             "--client-id" => f.client_ids.push(value(name)?),
             "--user-id" => f.user_id = Some(value(name)?),
             "--expires-in" => f.expires_in = Some(number(name, value(name)?)?),
@@ -212,11 +218,13 @@ fn run_with(args: &[String], env_dir: Option<String>, out: &mut dyn Write) -> Re
             return Err(CliError::Usage("key needs create, list or revoke".into()));
         }
         Some(f.positional.remove(0))
+    } else if cmd == "worlds" && f.positional.first().map(String::as_str) == Some("grant") {
+        Some(f.positional.remove(0))
     } else {
         None
     };
     let want_args = match (cmd, sub.as_deref()) {
-        ("key", Some("revoke")) | ("unpair", _) => 1,
+        ("key", Some("revoke")) | ("unpair", _) | ("worlds", Some("grant")) => 1,
         ("key", Some("create" | "list")) | ("pair" | "worlds" | "admin-key" | "status", _) => 0,
         ("key", Some(other)) => {
             return Err(CliError::Usage(format!("unknown key command {other:?}")))
@@ -280,6 +288,41 @@ fn run_with(args: &[String], env_dir: Option<String>, out: &mut dyn Write) -> Re
                 let _ = writeln!(out, "{}", v["code"].as_str().unwrap_or_default());
                 let mins = v["expiresIn"].as_u64().unwrap_or(0) / 60;
                 eprintln!("Enter this code in the Foundry module's pairing dialog (valid {mins} min, single use).");
+            }
+        }
+        ("worlds", Some(_)) => {
+            let list = |v: &Option<String>| {
+                v.as_ref().map(|s| {
+                    s.split(',')
+                        .map(str::trim)
+                        .filter(|x| !x.is_empty())
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                })
+            };
+            let v = backend.grant(&id, list(&f.targets), list(&f.scopes))?;
+            if f.json {
+                let _ = writeln!(out, "{v:#}");
+            } else {
+                let show = |k: &str| {
+                    let items: Vec<&str> = v[k]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect();
+                    if items.is_empty() {
+                        "none".to_string()
+                    } else {
+                        items.join(",")
+                    }
+                };
+                let _ = writeln!(
+                    out,
+                    "{id}: targets {}; scopes {}",
+                    show("allowedTargets"),
+                    show("remoteScopes")
+                );
             }
         }
         ("worlds", _) => {
@@ -442,11 +485,14 @@ fn print_status(v: &Value, out: &mut dyn Write) {
 }
 
 fn print_worlds(worlds: &[Value], out: &mut dyn Write) {
-    let _ = writeln!(out, "CLIENT ID\tONLINE\tWORLD\tSYSTEM\tLAST SEEN");
+    let _ = writeln!(
+        out,
+        "CLIENT ID\tONLINE\tWORLD\tSYSTEM\tLAST SEEN\tSERVER ORIGIN"
+    );
     for w in worlds {
         let _ = writeln!(
             out,
-            "{}\t{}\t{}\t{}\t{}",
+            "{}\t{}\t{}\t{}\t{}\t{}",
             w["clientId"].as_str().unwrap_or(""),
             if w["isOnline"].as_bool() == Some(true) {
                 "yes"
@@ -456,6 +502,10 @@ fn print_worlds(worlds: &[Value], out: &mut dyn Write) {
             w["worldTitle"].as_str().unwrap_or(""),
             w["systemId"].as_str().unwrap_or(""),
             ms_label(&w["lastSeen"]),
+            w["serverOrigin"]
+                .as_str()
+                .filter(|o| !o.is_empty())
+                .unwrap_or("-"),
         );
         // Why it is offline (the running relay's words), else the last link event kept in
         // the state file.
@@ -581,6 +631,46 @@ impl Backend {
                     }));
                 }
                 Backend::save(store)
+            }
+        }
+    }
+
+    /// Set a world's cross-world grants (`None` keeps a list); returns its admin view.
+    fn grant(
+        &mut self,
+        id: &str,
+        targets: Option<Vec<String>>,
+        scopes: Option<Vec<String>>,
+    ) -> Result<Value, CliError> {
+        match self {
+            Backend::Running { addr, key } => {
+                let mut body = json!({});
+                if let Some(t) = targets {
+                    body["allowedTargets"] = json!(t);
+                }
+                if let Some(s) = scopes {
+                    body["remoteScopes"] = json!(s);
+                }
+                let path = format!(
+                    "/admin/api/worlds/{}",
+                    crate::enc::percent_encode_component(id)
+                );
+                call(*addr, key, "PATCH", &path, Some(&body))
+            }
+            Backend::Stopped(store) => {
+                let st = store.state_mut();
+                let Some(mut w) = st.worlds.iter().find(|w| w.client_id == id).cloned() else {
+                    return Err(fail(format!("no world with clientId {id}")));
+                };
+                let t = targets.unwrap_or_else(|| w.allowed_targets.clone());
+                let s = scopes.unwrap_or_else(|| w.remote_scopes.clone());
+                let (t, s) = crate::relay::remote::validate_grants(st, id, &t, &s).map_err(fail)?;
+                w.allowed_targets = t;
+                w.remote_scopes = s;
+                let v = world_json(&w, None);
+                st.upsert_world(w);
+                Backend::save(store)?;
+                Ok(v)
             }
         }
     }

@@ -617,7 +617,9 @@ fn expect_status(resp: &RawResponse, want: u16, what: &str) {
 
 #[test]
 fn owner_signs_in_creates_a_key_and_approves_a_pairing() {
-    let relay = Relay::start(&[]);
+    // An allow-list for another app adds to same-origin: the page's own live view still
+    // connects (issue 10: the list used to replace it).
+    let relay = Relay::start(&["--allowed-ws-origins", "https://other-app.example"]);
     let addr = relay.addr();
     let admin_key = admin_key_of(&relay);
     let Some((browser, mut page, axe)) = browser_page("admin_browser", &relay) else {
@@ -841,6 +843,20 @@ fn owner_signs_in_creates_a_key_and_approves_a_pairing() {
             js_str(&client_id)
         ),
     );
+    // Issue 10: who is logged in (player-list) and the module's notices (module-notify).
+    page.wait(
+        "the world's players",
+        "document.getElementById('world-list').textContent.includes('players: Gamemaster (GM)')",
+    );
+    assert!(
+        online.send_json(&json!({"type": "module-notify", "event": "settings-change",
+        "details": "Setting `wsRelayUrl` was changed", "actor": "Gamemaster", "world": "W"}))
+    );
+    page.wait(
+        "the module-notify event",
+        "[...document.querySelectorAll('#ev-list li')].some(li => \
+         li.textContent.includes('module-notify') && li.textContent.includes('wsRelayUrl'))",
+    );
 
     {
         // A second world waiting, and a fresh pairing code, so every panel has data.
@@ -973,6 +989,50 @@ fn owner_signs_in_creates_a_key_and_approves_a_pairing() {
         "document.getElementById('notice').textContent === ''",
     );
     page.cdp.errors.clear(); // the failed loads while offline
+
+    // Issue 10: the module's Upgrade button asks for cross-world permission; the pair page
+    // shows exactly what approving grants, refuses an approval that grants nothing, and
+    // stores what the owner chose.
+    let up = post_json(
+        addr,
+        "/auth/pair-request",
+        &[],
+        &json!({"clientId": client_id, "worldId": "browser-world", "worldTitle": "Browser World",
+                "upgradeOnly": true}),
+    );
+    expect_status(&up, 201, "upgrade request");
+    let up_code = up.json()["code"].as_str().unwrap_or_default().to_string();
+    page.goto(&format!("/pair/{up_code}"));
+    page.wait(
+        "the grant fields",
+        "!document.getElementById('pair-grant').hidden && document.getElementById('pg-targets') !== null",
+    );
+    page.click("#pair-approve");
+    page.wait(
+        "the refusal of an empty grant",
+        "document.getElementById('pair-status').textContent.includes('grants nothing')",
+    );
+    page.type_into("pg-targets", "*");
+    page.type_into("pg-scopes", "roll:execute, entity:read");
+    page.click("#pair-approve");
+    page.wait(
+        "the approval",
+        "document.getElementById('pair-status').textContent.startsWith('Approved')",
+    );
+    let worlds = get(
+        addr,
+        "/admin/api/worlds",
+        &[("x-api-key", admin_key.as_str())],
+    )
+    .json();
+    let w = &worlds["worlds"][0];
+    assert_eq!(w["allowedTargets"], json!(["*"]), "{worlds}");
+    assert_eq!(w["remoteScopes"], json!(["roll:execute", "entity:read"]));
+    page.goto("/admin");
+    page.wait(
+        "the grant in the worlds panel",
+        "document.getElementById('world-list').textContent.includes('cross-world: to every other world')",
+    );
 
     // 7. Unpair from the UI (its confirm() is accepted): the world and its token go away.
     page.click("#world-list button.danger");
@@ -1211,5 +1271,116 @@ fn pair_page_states() {
         screenshot(&mut page, "docs/pair-expired-phone.png", 390);
     }
     page.no_errors("the pair page states");
+    drop(browser);
+}
+
+/// A reverse proxy that rewrites `Host` (a common nginx mistake): the admin page's live view
+/// is then cross-origin to the relay and refused. The page must say why, and the relay must
+/// log the refused origin (issue 10). The proxy rewrites the first request head of each
+/// connection, which is the upgrade for a WebSocket.
+fn host_rewriting_proxy(relay: std::net::SocketAddr) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("proxy bind");
+    let addr = listener.local_addr().expect("proxy addr");
+    thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let Ok(mut upstream) = TcpStream::connect(relay) else {
+                    return;
+                };
+                let mut reader = BufReader::new(match client.try_clone() {
+                    Ok(c) => c,
+                    Err(_) => return,
+                });
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    match reader.read_line(&mut line) {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                    let end = line == "\r\n";
+                    if line.to_ascii_lowercase().starts_with("host:") {
+                        line = "Host: relay.internal:3010\r\n".into();
+                    }
+                    head.push_str(&line);
+                    if end {
+                        break;
+                    }
+                }
+                use std::io::Write;
+                if upstream.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                let buffered = reader.buffer().to_vec();
+                if upstream.write_all(&buffered).is_err() {
+                    return;
+                }
+                let (Ok(mut up_r), Ok(mut down_w)) = (upstream.try_clone(), client.try_clone())
+                else {
+                    return;
+                };
+                let mut client_r = client;
+                let t = thread::spawn(move || {
+                    let _ = std::io::copy(&mut up_r, &mut down_w);
+                    let _ = down_w.shutdown(std::net::Shutdown::Both);
+                });
+                let _ = std::io::copy(&mut client_r, &mut upstream);
+                let _ = upstream.shutdown(std::net::Shutdown::Write);
+                let _ = t.join();
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn the_live_view_says_why_it_cannot_connect() {
+    let binary = match browser_or_install() {
+        Ok(b) => b,
+        Err(reason) => {
+            println!("admin_browser: SKIPPED (chromium unavailable: {reason})");
+            return;
+        }
+    };
+    let relay = Relay::start(&[]);
+    let key_file = relay.data_dir().join("admin.key");
+    let mut admin_key = String::new();
+    assert!(wait_for(secs(5), || {
+        admin_key = std::fs::read_to_string(&key_file)
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        !admin_key.is_empty()
+    }));
+    let proxy = host_rewriting_proxy(relay.addr());
+    let browser = Browser::launch(&binary).unwrap_or_else(|e| panic!("chromium: {e}"));
+    let mut cdp = Cdp::connect(&browser.ws_url).unwrap_or_else(|e| panic!("DevTools: {e}"));
+    cdp.open_page().unwrap_or_else(|e| panic!("page: {e}"));
+    let mut page = Page {
+        cdp,
+        base: format!("http://{proxy}"),
+    };
+    page.goto("/admin");
+    page.wait(
+        "the sign-in form",
+        "!document.getElementById('login').hidden",
+    );
+    page.type_into("login-key", &admin_key);
+    page.click("#login-form button[type=submit]");
+    page.wait(
+        "the live view refused, with the reason",
+        "document.getElementById('ev-status').textContent === 'cannot connect' && \
+         !document.getElementById('ev-why').hidden && \
+         document.getElementById('ev-why').textContent.includes('--allowed-ws-origins')",
+    );
+    let why = page.text_of("ev-why");
+    assert!(why.contains(&format!("http://{proxy}")), "{why}");
+    assert!(
+        wait_for(secs(5), || relay
+            .logs()
+            .contains(&format!("origin \"http://{proxy}\""))),
+        "the refusal was not logged: {}",
+        relay.logs()
+    );
     drop(browser);
 }

@@ -233,6 +233,22 @@ function count(id, n) {
   $(id).textContent = n ? String(n) : '';
 }
 
+// -- Cross-world permissions (relay-protocol.md §5.8): targets (clientIds or *) and scopes.
+function csv(v) {
+  return Array.isArray(v) ? v.map(str).join(', ') : str(v);
+}
+// Two inputs (targets, scopes) that say exactly what they grant; `vals()` reads them.
+function grantFields(idp, targets, scopes) {
+  const t = el('input', { id: idp + '-targets', type: 'text', value: csv(targets), spellcheck: 'false',
+    placeholder: 'clientIds, comma-separated, or *' });
+  const s = el('input', { id: idp + '-scopes', type: 'text', value: csv(scopes), spellcheck: 'false',
+    placeholder: 'e.g. roll:execute, entity:read' });
+  const box = el('div', { class: 'grant' },
+    el('label', { for: idp + '-targets' }, 'May send requests to'), t,
+    el('label', { for: idp + '-scopes' }, 'With scopes'), s);
+  return { box, vals: () => ({ allowedTargets: t.value, remoteScopes: s.value }) };
+}
+
 function renderWorlds(d) {
   A.worlds = Array.isArray(d.worlds) ? d.worlds : [];
   count('world-count', A.worlds.length);
@@ -244,8 +260,11 @@ function renderWorlds(d) {
         el('div', { class: 'meta' }, system(w), ' · Foundry ', str(w.foundryVersion) || '?'),
         el('div', { class: 'meta' }, w.isOnline ? ['connected ', when(w.connectedSince)] : ['last seen ', when(w.lastSeen)],
           ' · paired ', when(w.pairedAt, 'unknown')),
-        el('div', { class: 'meta mono' }, str(w.clientId)),
-        worldWhy(w)),
+        Array.isArray(w.users) && w.users.length ? el('div', { class: 'meta' }, 'players: ',
+          w.users.map((u) => str(u.name) + (u.role >= 4 ? ' (GM)' : '') + (u.active ? ' ●' : '')).join(', ')) : null,
+        el('div', { class: 'meta mono' }, str(w.clientId), w.serverOrigin ? ' · ' + str(w.serverOrigin) : ''),
+        worldWhy(w),
+        crossWorld(w)),
       el('div', { class: 'actions' },
         el('button', { type: 'button', class: 'danger small', onclick: (ev) => {
           if (!confirm('Unpair "' + name + '"? Its connection tokens stop working and it disconnects.')) return;
@@ -282,6 +301,18 @@ function worldWhy(w) {
   ];
 }
 
+function crossWorld(w) {
+  const t = Array.isArray(w.allowedTargets) ? w.allowedTargets : [];
+  const sc = Array.isArray(w.remoteScopes) ? w.remoteScopes : [];
+  const f = grantFields('cw-' + str(w.clientId), t, sc);
+  const summary = t.length && sc.length
+    ? 'cross-world: to ' + t.map((x) => x === '*' ? 'every other world' : worldName(str(x))).join(', ') + ' · ' + sc.map(str).join(', ')
+    : 'cross-world: not allowed';
+  return el('details', { class: 'meta' }, el('summary', {}, summary), f.box,
+    el('button', { type: 'button', class: 'small', onclick: (ev) =>
+      act(ev.currentTarget, 'PATCH', '/admin/api/worlds/' + enc(w.clientId), f.vals(), [loadWorlds]) }, 'Save'));
+}
+
 function renderRequests(d) {
   const reqs = Array.isArray(d.requests) ? d.requests : [];
   const pending = reqs.filter((q) => q.status === 'pending').length;
@@ -289,6 +320,11 @@ function renderRequests(d) {
   fill($('req-list'), reqs.map((q) => {
     const code = str(q.code);
     const open = q.status === 'pending';
+    // An upgrade asks for cross-world permission: approving grants exactly these fields.
+    const cur = A.worlds.find((x) => x.clientId === q.clientId) || {};
+    const g = q.upgradeOnly && open ? grantFields('rq-' + code,
+      (q.requestedTargetClients || []).length ? q.requestedTargetClients : cur.allowedTargets || [],
+      (q.requestedRemoteScopes || []).length ? q.requestedRemoteScopes : cur.remoteScopes || []) : null;
     return el('li', { class: 'item' + (open ? ' attention' : '') },
       el('div', { class: 'grow' },
         el('div', { class: 'title' }, badge(str(q.status) || '?', open ? 'warn' : 'off'), ' ',
@@ -296,10 +332,11 @@ function renderRequests(d) {
           q.upgradeOnly ? [' ', badge('upgrade')] : null),
         el('div', { class: 'meta' }, system(q), ' · Foundry ', str(q.foundryVersion) || '?'),
         el('div', { class: 'meta' }, 'asked ', when(q.createdAt, '?'), ' · expires ', when(q.expiresAt, '?'),
-          ' · ', el('a', { href: '/pair/' + enc(code) }, 'open'))),
+          ' · ', el('a', { href: '/pair/' + enc(code) }, 'open')),
+        g ? g.box : null),
       open ? el('div', { class: 'actions' },
         el('button', { type: 'button', class: 'small', onclick: (ev) =>
-          act(ev.currentTarget, 'POST', '/admin/api/pair-requests/' + enc(code) + '/approve', {}, [loadRequests, loadWorlds, loadTokens]) }, 'Approve'),
+          act(ev.currentTarget, 'POST', '/admin/api/pair-requests/' + enc(code) + '/approve', g ? g.vals() : {}, [loadRequests, loadWorlds, loadTokens]) }, 'Approve'),
         el('button', { type: 'button', class: 'danger small', onclick: (ev) =>
           act(ev.currentTarget, 'POST', '/admin/api/pair-requests/' + enc(code) + '/deny', {}, [loadRequests]) }, 'Deny'))
         : null);
@@ -473,7 +510,10 @@ function openEvents() {
   try { ws = new WebSocket(url); } catch (_) { evStatus('unavailable', 'bad'); return; }
   EV.ws = ws;
   evStatus('connecting', 'warn');
+  let opened = false;
   ws.onopen = () => {
+    opened = true;
+    $('ev-why').hidden = true;
     EV.retry = 0;
     ws.send(JSON.stringify({ type: 'subscribe', events: ['all'] }));
     evStatus('live', 'ok');
@@ -487,6 +527,16 @@ function openEvents() {
     if (EV.ws !== ws) return;
     EV.ws = null;
     evStatus(c.reason ? 'closed: ' + c.reason : 'reconnecting', 'off');
+    if (!opened) {
+      // The upgrade was refused (a browser is told nothing more): say what usually causes it.
+      evStatus('cannot connect', 'bad');
+      const why = $('ev-why');
+      why.textContent = 'The relay refused the live view\'s WebSocket. It accepts its own origin ' +
+        '(the Host this page was loaded from, and --public-url); a reverse proxy that rewrites ' +
+        'Host breaks that: pass Host through, set --public-url, or add ' + location.origin +
+        ' to --allowed-ws-origins (or sign in again if the session expired). The relay logs each refused origin. Retrying…';
+      why.hidden = false;
+    }
     if (!signedIn) return;
     // Back off 1, 2, 4 … 30 s; a 401 on the upgrade also lands here.
     EV.timer = setTimeout(openEvents, Math.min(30000, 1000 * 2 ** EV.retry++));
@@ -514,6 +564,8 @@ function onEvent(msg) {
     summary = w === null ? 'current state' : w + ' world' + (w === 1 ? '' : 's') + ' online';
   } else if (type === 'error') {
     summary = str(msg.error || msg.message);
+  } else if (type === 'module-notify' && data && typeof data === 'object') {
+    summary = str(data.details) + (data.actor ? ' (by ' + str(data.actor) + ')' : '');
   }
   const cid = str(msg.clientId);
   // A world's first world-connected comes before the worlds panel knows it: its title is
@@ -590,7 +642,7 @@ function adminStart() {
 }
 
 // -- Pair page
-const P = { code: '', until: 0, status: '', busy: false, bound: false, last: {} };
+const P = { code: '', until: 0, status: '', busy: false, bound: false, last: {}, grant: null };
 const PAIR_TEXT = {
   approved: 'Paired: return to Foundry. The module finishes pairing within a few seconds.',
   exchanged: 'Paired. The world has its connection token.',
@@ -630,6 +682,7 @@ function renderPair(q) {
   pairText('pi-system', system(q));
   pairText('pi-foundry', str(q.foundryVersion) || '?');
   $('pair-upgrade').hidden = !q.upgradeOnly;
+  pairGrant(q);
   if (typeof q.expiresIn === 'number') P.until = Date.now() + q.expiresIn * 1000;
   else if (typeof q.expiresAt === 'number') P.until = q.expiresAt;
   P.status = str(q.status) || 'pending';
@@ -643,6 +696,22 @@ function renderPair(q) {
   else setMsg('pair-status', PAIR_TEXT[P.status] || 'Status: ' + P.status, P.status === 'denied' || P.status === 'expired' ? 'err' : 'ok');
   if (!open) stopTimers();
   tickPair();
+}
+// An upgrade asks for cross-world permission: the fields say exactly what approving grants.
+async function pairGrant(q) {
+  const box = $('pair-grant');
+  if (!q.upgradeOnly || str(q.status) !== 'pending') { box.hidden = true; P.grant = null; return; }
+  if (P.grant) return;
+  let worlds = [];
+  try { worlds = (await api('GET', '/admin/api/worlds')).worlds || []; } catch (_) { /* shown without names */ }
+  const cur = worlds.find((w) => w.clientId === q.clientId) || {};
+  const req = (k) => Array.isArray(q[k]) && q[k].length ? q[k] : null;
+  P.grant = grantFields('pg', req('requestedTargetClients') || cur.allowedTargets || [],
+    req('requestedRemoteScopes') || cur.remoteScopes || []);
+  const others = worlds.filter((w) => w.clientId !== q.clientId)
+    .map((w) => str(w.worldTitle || w.worldId) + ' (' + str(w.clientId) + ')').join(', ');
+  box.replaceChildren(P.grant.box, el('p', { class: 'muted small' }, 'Other worlds: ' + (others || 'none')));
+  box.hidden = false;
 }
 function tickPair() {
   if (!P.until) return;
@@ -661,7 +730,8 @@ async function answer(verb) {
   P.busy = true;
   setMsg('pair-status', verb === 'approve' ? 'Approving…' : 'Denying…');
   try {
-    await api('POST', '/admin/api/pair-requests/' + enc(P.code) + '/' + verb, {});
+    const body = verb === 'approve' && P.grant ? P.grant.vals() : {};
+    await api('POST', '/admin/api/pair-requests/' + enc(P.code) + '/' + verb, body);
     P.busy = false;
     // Show the answer at once: it is final, so nothing is fetched again.
     renderPair(Object.assign({}, P.last, { status: verb === 'approve' ? 'approved' : 'denied' }));

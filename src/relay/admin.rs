@@ -24,6 +24,7 @@ use serde_json::{json, Value};
 use super::io::Action;
 use super::limits::too_many;
 use super::pairing::ReqStatus;
+use super::remote;
 use super::rest::presented_key;
 use super::world::Live;
 use super::Relay;
@@ -169,6 +170,10 @@ pub fn world_json(w: &KnownWorld, live: Option<&Live>) -> Value {
         "systemVersion": pick(m.map(|m| &m.system_version), &w.system_version),
         "foundryVersion": pick(m.map(|m| &m.foundry_version), &w.foundry_version),
         "customName": pick(m.map(|m| &m.custom_name), &w.custom_name),
+        "serverOrigin": w.server_origin,
+        "users": live.map(|l| l.users.clone()).filter(Value::is_array),
+        "allowedTargets": w.allowed_targets,
+        "remoteScopes": w.remote_scopes,
         "isOnline": online,
         "connectedSince": since,
         "lastSeen": seen,
@@ -354,6 +359,13 @@ impl Relay {
             .map(|s| enc::percent_decode(s).unwrap_or_default())
             .collect();
         let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+        // RFC 9110 §15.5.6: a known path with a method it does not take is 405 with Allow,
+        // before any credential is looked at (TRACE /admin/api/login is not a sign-in).
+        if let Some(allow) = admin_methods(&segs) {
+            if !allow.split(", ").any(|a| a == head.method_raw) {
+                return Response::error(405, "Method not allowed").header("Allow", allow);
+            }
+        }
         match (m, segs.as_slice()) {
             (Method::Post, ["login"]) => return self.login(peer, body, now, now_ms, out),
             // The page asks on every load: "signed out" is an answer, not an error, so a
@@ -416,6 +428,7 @@ impl Relay {
                 Response::json(200, &json!({"worlds": worlds}))
             }
             (Method::Delete, ["worlds", id]) => self.unpair_world(id, now, out),
+            (Method::Patch, ["worlds", id]) => self.set_grants(id, body),
             (_, ["keys"]) if get => {
                 let keys: Vec<Value> = self.state.api_keys.iter().map(key_json).collect();
                 Response::json(200, &json!({"keys": keys}))
@@ -477,7 +490,7 @@ impl Relay {
                 }
             }
             (Method::Post, ["pair-requests", code, verb @ ("approve" | "deny")]) => {
-                self.decide_pair_request(code, *verb == "approve", now_ms)
+                self.decide_pair_request(code, *verb == "approve", body, now_ms)
             }
             (_, ["tokens"]) if get => {
                 let list: Vec<Value> = self.state.tokens.iter().map(token_json).collect();
@@ -494,11 +507,13 @@ impl Relay {
             (Method::Post, ["admin-key", "rotate"]) => {
                 let undo = self.state.clone();
                 let key = self.state.rotate_admin_key();
-                // Every session was opened with the old key: they end with it.
+                // Every session was opened with the old key: they end with it, and so do
+                // the event streams opened with either (revoke.rs).
                 self.state.admin_sessions.clear();
                 if let Err(refused) = self.commit(undo) {
                     return refused;
                 }
+                self.drop_admin_subscribers(out);
                 info!("admin key rotated");
                 Response::json(200, &json!({"key": key}))
             }
@@ -608,11 +623,84 @@ impl Relay {
             self.close_world_link(conn, "Unpaired by owner", now, out);
         }
         self.history.forget_world(id);
+        // Every stream and socket following the world ends now (revoke.rs).
+        self.end_streams_of_world(id, out);
         info!("world {id} unpaired by the owner");
         Response::json(200, &json!({"success": true}))
     }
 
-    fn decide_pair_request(&mut self, code: &str, approve: bool, now_ms: u64) -> Response {
+    /// `PATCH /admin/api/worlds/{clientId}` `{allowedTargets?, remoteScopes?}` (arrays or
+    /// comma-separated): replace the world's cross-world grants (relay/remote.rs).
+    fn set_grants(&mut self, id: &str, body: &[u8]) -> Response {
+        let v: Value = match body_json(body) {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+        let Some(w) = self
+            .state
+            .worlds
+            .iter()
+            .find(|w| w.client_id == id)
+            .cloned()
+        else {
+            return Response::error(404, "Unknown clientId");
+        };
+        let lists = (
+            remote::string_list(v.get("allowedTargets")),
+            remote::string_list(v.get("remoteScopes")),
+        );
+        let (targets, scopes) = match lists {
+            (Ok(t), Ok(s)) => (
+                t.unwrap_or(w.allowed_targets.clone()),
+                s.unwrap_or(w.remote_scopes.clone()),
+            ),
+            (Err(e), _) | (_, Err(e)) => return Response::error(400, &e),
+        };
+        match self.grant(w, &targets, &scopes, false) {
+            Ok(v) => Response::json(200, &v),
+            Err(refused) => refused,
+        }
+    }
+
+    /// Store a world's grants (validated: 400; saved before it is answered: 503 and undone
+    /// when the save fails); with `add`, merged into what it has. Returns the world's admin
+    /// view.
+    fn grant(
+        &mut self,
+        mut w: KnownWorld,
+        targets: &[String],
+        scopes: &[String],
+        add: bool,
+    ) -> Result<Value, Response> {
+        let (mut t, mut s) = if add {
+            (w.allowed_targets.clone(), w.remote_scopes.clone())
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        t.extend(targets.iter().cloned());
+        s.extend(scopes.iter().cloned());
+        let (t, s) = remote::validate_grants(&self.state, &w.client_id, &t, &s)
+            .map_err(|e| Response::error(400, &e))?;
+        w.allowed_targets = t;
+        w.remote_scopes = s;
+        info!(
+            "world {}: cross-world targets {:?}, scopes {:?}",
+            w.client_id, w.allowed_targets, w.remote_scopes
+        );
+        let view = world_json(&w, self.worlds.get(&w.client_id));
+        let undo = self.state.clone();
+        self.state.upsert_world(w);
+        self.commit(undo)?;
+        Ok(view)
+    }
+
+    fn decide_pair_request(
+        &mut self,
+        code: &str,
+        approve: bool,
+        body: &[u8],
+        now_ms: u64,
+    ) -> Response {
         self.purge_pair_requests(now_ms);
         let code = code.to_ascii_uppercase();
         let Some(i) = self.owner.requests.iter().position(|r| r.code == code) else {
@@ -633,9 +721,64 @@ impl Relay {
             "expired" => return Response::error(410, "Pair request has expired"),
             _ => return Response::error(409, "Pair request was already decided"),
         }
+        let mut granted = Value::Null;
         let new_status = if !approve {
             ReqStatus::Denied
         } else if upgrade {
+            // An upgrade asks for cross-world permission. What is granted is what the owner
+            // chose on approval (`allowedTargets`, `remoteScopes`), else what the request
+            // named, added to what the world has. An approval that would leave the world
+            // with no target or no scope grants nothing: refused, so the module is never
+            // told `upgraded: true` for nothing.
+            let Some(w) = bound.as_ref().and_then(|c| {
+                self.state
+                    .worlds
+                    .iter()
+                    .find(|w| &w.client_id == c)
+                    .cloned()
+            }) else {
+                return Response::error(
+                    409,
+                    "The world asking for an upgrade is not paired with this relay; deny it",
+                );
+            };
+            let v: Value = match body_json(body) {
+                Ok(v) => v,
+                Err(r) => return r,
+            };
+            let (req_t, req_s) = match self.owner.requests.get(i) {
+                Some(r) => (r.requested_targets.clone(), r.requested_scopes.clone()),
+                None => return Response::error(404, "Pair request not found"),
+            };
+            let (t, s) = match (
+                remote::string_list(v.get("allowedTargets")),
+                remote::string_list(v.get("remoteScopes")),
+            ) {
+                (Ok(t), Ok(s)) => (t.unwrap_or(req_t), s.unwrap_or(req_s)),
+                (Err(e), _) | (_, Err(e)) => return Response::error(400, &e),
+            };
+            let (all_t, all_s) = match remote::validate_grants(
+                &self.state,
+                &w.client_id,
+                &[w.allowed_targets.clone(), t.clone()].concat(),
+                &[w.remote_scopes.clone(), s.clone()].concat(),
+            ) {
+                Ok(x) => x,
+                Err(e) => return Response::error(400, &e),
+            };
+            if all_t.is_empty() || all_s.is_empty() {
+                return Response::error(
+                    400,
+                    "This approval grants nothing: choose at least one target world and one \
+                     scope for cross-world requests, or deny the request",
+                );
+            }
+            granted = match self.grant(w, &t, &s, true) {
+                Ok(v) => {
+                    json!({"allowedTargets": v["allowedTargets"], "remoteScopes": v["remoteScopes"]})
+                }
+                Err(refused) => return refused,
+            };
             ReqStatus::Approved(None)
         } else {
             let ttl_ms = u64::try_from(self.cfg.pairing_code_ttl.as_millis()).unwrap_or(u64::MAX);
@@ -657,7 +800,11 @@ impl Relay {
             "pair request {code} {}",
             if approve { "approved" } else { "denied" }
         );
-        Response::json(200, &r.to_json(now_ms))
+        let mut v = r.to_json(now_ms);
+        if !granted.is_null() {
+            v["granted"] = granted;
+        }
+        Response::json(200, &v)
     }
 
     fn patch_token(
@@ -701,7 +848,7 @@ impl Relay {
 
     /// A key was revoked: its open `/ws/api` and event streams end now.
     pub(crate) fn key_revoked(&mut self, key_id: &str, out: &mut Vec<Action>) {
-        self.drop_subscribers_of_key(key_id, out);
+        self.drop_subscribers_of_key(key_id, super::revoke::KEY_REVOKED, out);
     }
 
     /// Note an API key's use; saved at most once a minute per key (the value only feeds
@@ -713,9 +860,42 @@ impl Relay {
     }
 }
 
+/// The methods each admin API path takes (the `Allow` of a 405); `None` for an unknown path.
+fn admin_methods(segs: &[&str]) -> Option<&'static str> {
+    Some(match segs {
+        ["login" | "logout" | "pairing-codes"] => "POST",
+        ["admin-key", "rotate"] => "POST",
+        ["pair-requests", _, "approve" | "deny"] => "POST",
+        ["session" | "scopes" | "worlds" | "pair-requests" | "tokens"] => "GET, HEAD",
+        ["pair-requests", _] => "GET, HEAD",
+        ["keys"] => "GET, HEAD, POST",
+        ["worlds", _] => "PATCH, DELETE",
+        ["keys", _] => "DELETE",
+        ["tokens", _] => "PATCH, DELETE",
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every admin API route the documents list takes its method in `admin_methods` (the
+    /// 405 table), so a route added to one and not the other fails here.
+    #[test]
+    fn admin_methods_cover_every_documented_route() {
+        for (method, path, _, _) in super::super::docs::OWNER_ROUTES {
+            let Some(rest) = path.strip_prefix("/admin/api/") else {
+                continue;
+            };
+            let segs: Vec<&str> = rest.split('/').collect();
+            let allow = admin_methods(&segs).unwrap_or_else(|| panic!("{path} has no methods"));
+            assert!(
+                allow.split(", ").any(|a| a == *method),
+                "{method} {path}: Allow is {allow}"
+            );
+        }
+    }
 
     #[test]
     fn csrf_rule() {

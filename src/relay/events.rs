@@ -146,7 +146,7 @@ impl Relay {
             let conns = if d.transport == Transport::WsEvents && self.gateway.restricted > 0 {
                 d.conns
                     .into_iter()
-                    .filter(|c| self.subs.get(c).is_none_or(|s| s.may_see(world)))
+                    .filter(|c| self.events_may_see(*c, world))
                     .collect()
             } else {
                 d.conns
@@ -208,26 +208,6 @@ impl Relay {
         if let Some(Role::Events) = self.roles.get(&conn) {
             self.events_subscribe_timeout(conn, out);
         }
-    }
-
-    /// End every event stream of a world (it was unpaired): streams end only when the client
-    /// goes, the world is unpaired, or the relay stops. Its ring is dropped too.
-    #[allow(dead_code)] // called when a world is unpaired (owner work)
-    pub(crate) fn end_streams_of_world(&mut self, world: &str, out: &mut Vec<Action>) {
-        let conns: Vec<ConnId> = self
-            .subs
-            .iter()
-            .filter(|(_, s)| s.transport == Transport::Sse && s.world.as_deref() == Some(world))
-            .map(|(c, _)| *c)
-            .collect();
-        for conn in conns {
-            out.push(Action::Close {
-                conn,
-                close: WsClose::NORMAL,
-            });
-            self.forget_subscriber(conn, out);
-        }
-        self.hub.clear_ring(world);
     }
 
     // ------------------------------------------------------------------ auth
@@ -507,6 +487,8 @@ pub(crate) mod harness {
         pub now: Instant,
         /// The full-scope key, then keys made with `key`.
         pub api_key: String,
+        /// The relay's admin key (the admin API accepts it as `X-API-Key`).
+        pub admin_key: String,
         pub token: String,
         pub other_token: String,
         /// What the relay saved, and a knob to make saves fail (relay/durable.rs).
@@ -546,7 +528,7 @@ pub(crate) mod harness {
             let t0 = Instant::now();
             let base_ms = 1_780_000_000_000;
             let mut state = State::default();
-            let _ = state.ensure_admin_key();
+            let admin_key = state.ensure_admin_key().unwrap_or_default();
             let (_, token) = state.create_connection_token(WORLD, base_ms);
             let (_, other_token) = state.create_connection_token(OTHER, base_ms);
             for id in [WORLD, OTHER] {
@@ -562,6 +544,7 @@ pub(crate) mod harness {
                 relay,
                 now: t0,
                 api_key: String::new(),
+                admin_key,
                 token,
                 other_token,
                 disk,
@@ -963,7 +946,10 @@ mod tests {
         let (other, _) = h.sse(&format!("/scene/subscribe?clientId={OTHER}"));
         let mut out = Vec::new();
         h.relay.end_streams_of_world(WORLD, &mut out);
-        assert!(close_of(&out, sse).is_some());
+        assert_eq!(close_of(&out, sse), Some((1008, "World unpaired".into())));
+        assert!(
+            bytes_to(&out, sse).ends_with("event: error\ndata: {\"error\":\"World unpaired\"}\n\n")
+        );
         assert!(close_of(&out, other).is_none());
     }
 

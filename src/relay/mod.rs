@@ -7,7 +7,7 @@
 //!
 //! Files: `io` (inputs/actions), `world` (live links), `link` (the `/relay` module protocol),
 //! `rest` (HTTP routes: auth, scopes, forwarding, local routes), `pending` (waiters),
-//! `forward` (pure parameter and reply shaping).
+//! `forward` (pure parameter and reply shaping), `remote` (cross-world requests).
 
 pub mod admin;
 pub mod api_ws;
@@ -23,6 +23,7 @@ pub mod limits;
 pub mod link;
 pub mod pairing;
 pub mod pending;
+pub mod remote;
 pub mod rest;
 pub mod revoke;
 pub mod session_hook;
