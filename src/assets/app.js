@@ -645,6 +645,7 @@ function adminStart() {
 const P = { code: '', until: 0, status: '', busy: false, bound: false, last: {}, grant: null };
 const PAIR_TEXT = {
   approved: 'Paired: return to Foundry. The module finishes pairing within a few seconds.',
+  upgraded: 'Approved: the world may now make the cross-world requests you granted. Return to Foundry.',
   exchanged: 'Paired. The world has its connection token.',
   denied: 'Denied. The module has been told no.',
   expired: 'This request has expired. Start pairing again from the module.',
@@ -693,7 +694,10 @@ function renderPair(q) {
   $('pair-actions').hidden = !open && !expired;
   if (expired) $('pair-approve').disabled = $('pair-deny').disabled = true;
   if (open) setMsg('pair-status', '');
-  else setMsg('pair-status', PAIR_TEXT[P.status] || 'Status: ' + P.status, P.status === 'denied' || P.status === 'expired' ? 'err' : 'ok');
+  else {
+    const key = P.status === 'approved' && q.upgradeOnly ? 'upgraded' : P.status;
+    setMsg('pair-status', PAIR_TEXT[key] || 'Status: ' + P.status, P.status === 'denied' || P.status === 'expired' ? 'err' : 'ok');
+  }
   if (!open) stopTimers();
   tickPair();
 }
