@@ -5,10 +5,12 @@
 #   make test         lint, unit + integration tests, quick Autobahn run (what CI runs)
 #   make conformance  full Autobahn run (301 cases) against a release build
 #   make lint         rustfmt check and clippy with warnings as errors
+#   make check-unit   systemd-analyze verify + security score of deploy/fvtt-relay.service
 #   make fmt          format the code
 #   make docs         regenerate docs/CONFIG.md from src/config.rs
 #   make contract     the API contract check (schemathesis against /openapi.json)
 #   make contract-deep the same with more examples per operation
+#   make screenshots  re-take the admin/pair page screenshots under docs/ (Chromium)
 #   make bench        benchmarks (BENCH_QUICK=1 for `make bench-quick`)
 #   make bench-compare URL=http://127.0.0.1:PORT KEY=... CLIENT_ID=fvtt_...
 #   make clean        remove build output (never ./data)
@@ -17,17 +19,46 @@ CARGO    ?= cargo
 LISTEN   ?= 127.0.0.1:3010
 DATA_DIR ?= ./data
 
-.PHONY: run test test-deps unit conformance lint fmt docs bench bench-quick bench-compare clean tools contract contract-deep contract-deps
+.PHONY: run test test-deps screenshots unit conformance lint fmt docs bench bench-quick bench-compare clean tools check-unit contract contract-deep contract-deps
 
 run:
 	$(CARGO) build --release
 	target/release/fvtt-relay --listen $(LISTEN) --data-dir $(DATA_DIR)
 
-test: lint test-deps unit
+test: lint test-deps contract-deps unit check-unit
 	scripts/conformance.sh --quick
 
-# The admin page's browser test needs Chromium (Debian's package). Installed here when we can
-# (root, apt); otherwise tests/admin_browser.rs tries itself and, failing that, says SKIPPED.
+# deploy/fvtt-relay.service must load in systemd and keep its hardening. `verify` checks
+# that ExecStart's program exists, so it runs on a copy whose ExecStart names the binary
+# just built (the rest of the unit unchanged). verify only warns about a bad value or an
+# unknown key ("ignoring"), so any remark on our file fails the check. `security` must
+# stay at exposure 1.7 or better (it is 1.5). Skipped where systemd-analyze is missing;
+# the score check where it predates --offline (systemd 250).
+UNIT_CHECK = target/unit-check/fvtt-relay.service
+check-unit:
+	@if ! command -v systemd-analyze >/dev/null 2>&1; then \
+		echo "systemd-analyze not found: unit check SKIPPED"; exit 0; \
+	fi; \
+	$(CARGO) build --quiet && mkdir -p $(dir $(UNIT_CHECK)) && \
+	sed -E 's|^ExecStart=[^ ]+|ExecStart=$(CURDIR)/target/debug/fvtt-relay|' \
+		deploy/fvtt-relay.service > $(UNIT_CHECK) && \
+	echo "systemd-analyze verify deploy/fvtt-relay.service" && \
+	systemd-analyze verify $(UNIT_CHECK) > $(UNIT_CHECK).verify 2>&1; rc=$$?; \
+	cat $(UNIT_CHECK).verify; \
+	if [ $$rc -ne 0 ] || grep -q 'fvtt-relay.service:' $(UNIT_CHECK).verify; then \
+		echo "deploy/fvtt-relay.service: systemd-analyze verify failed" >&2; exit 1; \
+	fi; \
+	if systemd-analyze security --help 2>/dev/null | grep -q -- --offline; then \
+		systemd-analyze security --offline=yes --threshold=17 $(UNIT_CHECK) > $(UNIT_CHECK).security; \
+		rc=$$?; tail -n 1 $(UNIT_CHECK).security; \
+		[ $$rc -eq 0 ] || { echo "deploy/fvtt-relay.service: exposure above 1.7" >&2; exit 1; }; \
+	else \
+		echo "systemd-analyze security --offline unsupported: score check SKIPPED"; \
+	fi
+
+# The admin page's browser test needs Chromium (Debian's package) and axe-core (npm, into
+# target/axe). Installed here when we can (root, apt; npm); otherwise tests/admin_browser.rs
+# tries itself and, failing that, says SKIPPED.
 test-deps:
 	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "installing chromium for the admin page test"; \
@@ -35,6 +66,20 @@ test-deps:
 		{ apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; } || \
 		echo "chromium could not be installed; the admin browser test will say SKIPPED"; \
 	fi
+	@if ! command -v npm >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing npm for axe-core"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null 2>&1 || \
+		echo "npm could not be installed; the admin browser test will skip its axe checks"; \
+	fi
+	@if [ ! -f target/axe/node_modules/axe-core/axe.min.js ] && command -v npm >/dev/null 2>&1; then \
+		echo "installing axe-core (npm) for the admin page accessibility check"; \
+		npm install --silent --no-audit --no-fund --prefix target/axe axe-core >/dev/null 2>&1 || \
+		echo "axe-core could not be installed; the admin browser test will skip its axe checks"; \
+	fi
+
+# Re-takes the pages' screenshots under docs/ (the browser test with FVTT_RELAY_SCREENSHOT=1).
+screenshots: test-deps
+	FVTT_RELAY_SCREENSHOT=1 $(CARGO) test --test admin_browser -- --test-threads=1
 
 # cargo-nextest when installed (parallel, one process per test), else cargo test.
 # nextest gets --lib --bins --tests: a harness = false bench has no test list to offer it.

@@ -62,8 +62,6 @@ pub struct HttpPhase {
     head_started: Option<Instant>,
     /// When the connection last became idle between requests (keep-alive deadline).
     idle_since: Instant,
-    /// The peer half-closed; finish what is buffered, then close.
-    peer_eof: bool,
     /// Keep-alive, HEAD-ness and version of the request in flight, for its response.
     pub cur_keep_alive: bool,
     pub cur_head: bool,
@@ -126,8 +124,15 @@ pub struct Conn {
     pub outq: OutQueue,
     /// Interest currently registered with the poller (None = not registered).
     pub registered: Option<Interest>,
-    /// Close once the queue is flushed (or the linger deadline passes).
+    /// Closing: no more requests are read. Set when the close begins, and set again when
+    /// our last byte is written and the FIN sent (`start_linger`): from then on it is the
+    /// start of the close linger, so `--close-linger` never bounds the transfer itself.
     pub closing_since: Option<Instant>,
+    /// While output is queued: when bytes last left the queue, or when the queue last
+    /// started holding bytes (None while it is empty). A response, or a closing
+    /// connection, that makes no write progress for `--slow-consumer-grace` is dropped;
+    /// a slow but moving reader is never cut.
+    pub write_stall_from: Option<Instant>,
     /// Marked for removal at the end of the turn.
     pub dead: bool,
     /// The relay has seen this connection, so it must hear of its end.
@@ -174,7 +179,6 @@ impl Conn {
                 awaiting: false,
                 head_started: None,
                 idle_since: now,
-                peer_eof: false,
                 cur_keep_alive: true,
                 cur_head: false,
                 cur_minor: 1,
@@ -183,6 +187,7 @@ impl Conn {
             outq: OutQueue::new(),
             registered: None,
             closing_since: None,
+            write_stall_from: None,
             dead: false,
             relay_known: false,
             armed: None,
@@ -330,7 +335,7 @@ impl Conn {
                     match head.body {
                         BodyKind::None | BodyKind::Length(0) => {
                             h.awaiting = true;
-                            h.cur_keep_alive = head.keep_alive && !h.peer_eof;
+                            h.cur_keep_alive = head.keep_alive;
                             h.cur_head = head.method == crate::http::request::Method::Head;
                             h.cur_minor = head.minor_version;
                             return HttpStep::Request(head, Vec::new());
@@ -365,7 +370,7 @@ impl Conn {
                     if done {
                         if let Some(pb) = h.body.take() {
                             h.awaiting = true;
-                            h.cur_keep_alive = pb.head.keep_alive && !h.peer_eof;
+                            h.cur_keep_alive = pb.head.keep_alive;
                             h.cur_head = false;
                             h.cur_minor = pb.head.minor_version;
                             return HttpStep::Request(pb.head, pb.body);
@@ -387,9 +392,16 @@ impl Conn {
     }
 
     /// (keep-alive, HEAD request, HTTP minor version) of the request in flight.
+    ///
+    /// A peer that half-closed after pipelining more requests is still owed their
+    /// responses, so EOF ends the connection only after the last buffered request: that
+    /// response says `Connection: close`, the ones before it keep the connection open.
     pub fn http_meta(&self) -> (bool, bool, u8) {
         match &self.phase {
-            Phase::Http(h) => (h.cur_keep_alive && !self.eof, h.cur_head, h.cur_minor),
+            Phase::Http(h) => {
+                let last = self.eof && self.inbuf.is_empty();
+                (h.cur_keep_alive && !last, h.cur_head, h.cur_minor)
+            }
             _ => (false, false, 1),
         }
     }
@@ -398,13 +410,11 @@ impl Conn {
         matches!(&self.phase, Phase::Http(h) if h.awaiting)
     }
 
-    /// EOF while in HTTP: finish the exchange in flight, then close.
-    pub fn http_eof_should_close(&mut self) -> bool {
-        match &mut self.phase {
-            Phase::Http(h) => {
-                h.peer_eof = true;
-                !h.awaiting
-            }
+    /// EOF while in HTTP and no complete request buffered: close, unless a request is in
+    /// flight (its answer, and the pipelined requests behind it, come first: `http_meta`).
+    pub fn http_eof_should_close(&self) -> bool {
+        match &self.phase {
+            Phase::Http(h) => !h.awaiting,
             _ => true,
         }
     }
@@ -518,8 +528,44 @@ impl Conn {
     }
 
     /// Write what the socket takes. Returns Err on a hard error (drop the connection).
-    pub fn flush(&mut self, budget: usize) -> io::Result<Flush> {
-        self.outq.write_to(&mut self.sock, budget)
+    /// Keeps `write_stall_from` current: reset by every byte written, cleared when empty.
+    pub fn flush(&mut self, budget: usize, now: Instant) -> io::Result<Flush> {
+        let before = self.outq.written_total;
+        let r = self.outq.write_to(&mut self.sock, budget)?;
+        if r == Flush::Drained && self.write_stall_from.is_some() {
+            // A response that took a while to leave: the keep-alive idle time starts now,
+            // not when it was queued.
+            if let Phase::Http(h) = &mut self.phase {
+                if !h.awaiting {
+                    h.idle_since = now;
+                }
+            }
+        }
+        self.write_stall_from = match r {
+            Flush::Drained => None,
+            _ if self.outq.written_total != before => Some(now),
+            _ => Some(self.write_stall_from.unwrap_or(now)),
+        };
+        Ok(r)
+    }
+
+    /// Our last byte is written: send our FIN and start the close linger, during which
+    /// the peer's EOF (or the deadline) ends the connection. Lingering instead of closing
+    /// at once keeps unread input from turning our last response into a reset (RFC 9112
+    /// §9.6).
+    pub fn start_linger(&mut self, now: Instant) {
+        if !self.wr_shut {
+            let _ = self.sock.shutdown(std::net::Shutdown::Write);
+            self.wr_shut = true;
+            self.closing_since = Some(now);
+        }
+    }
+
+    /// When a queue that holds bytes stops counting as making progress.
+    fn stall_deadline(&self, cfg: &Config) -> Option<Instant> {
+        self.write_stall_from
+            .filter(|_| !self.outq.is_empty())
+            .map(|s| s + cfg.slow_consumer_grace)
     }
 
     /// The earliest instant at which this connection needs attention.
@@ -532,7 +578,14 @@ impl Conn {
             })
         };
         if let Some(s) = self.closing_since {
-            at(s + cfg.close_linger);
+            if self.wr_shut {
+                at(s + cfg.close_linger);
+            } else {
+                // Still writing: governed by write progress, not by the linger.
+                at(self
+                    .stall_deadline(cfg)
+                    .unwrap_or(s + cfg.slow_consumer_grace));
+            }
             return d;
         }
         if let Some(s) = self.outq.soft_since {
@@ -544,6 +597,9 @@ impl Conn {
                     at(pb.started + cfg.request_body_timeout);
                 } else if let Some(s) = h.head_started {
                     at(s + cfg.head_timeout);
+                } else if let Some(t) = self.stall_deadline(cfg) {
+                    // A response still leaving is not idle: it ends only if it stalls.
+                    at(t);
                 } else if !h.awaiting {
                     at(h.idle_since + cfg.keepalive_timeout);
                 }
@@ -565,8 +621,18 @@ impl Conn {
     /// anything that ends the connection is returned for the loop to carry out.
     pub fn on_deadline(&mut self, now: Instant, cfg: &Config) -> Due {
         if let Some(s) = self.closing_since {
-            return if now >= s + cfg.close_linger {
-                Due::Drop("close linger over")
+            if self.wr_shut {
+                return if now >= s + cfg.close_linger {
+                    Due::Drop("close linger over")
+                } else {
+                    Due::Nothing
+                };
+            }
+            let stall = self
+                .stall_deadline(cfg)
+                .unwrap_or(s + cfg.slow_consumer_grace);
+            return if now >= stall {
+                Due::Drop("no write progress while closing")
             } else {
                 Due::Nothing
             };
@@ -576,6 +642,7 @@ impl Conn {
                 return Due::SlowConsumer;
             }
         }
+        let stall = self.stall_deadline(cfg);
         match &mut self.phase {
             Phase::Http(h) => {
                 if let Some(pb) = &h.body {
@@ -585,6 +652,10 @@ impl Conn {
                 } else if let Some(s) = h.head_started {
                     if now >= s + cfg.head_timeout {
                         return Due::HeadTimeout;
+                    }
+                } else if let Some(t) = stall {
+                    if now >= t {
+                        return Due::Drop("no write progress on a response");
                     }
                 } else if !h.awaiting && now >= h.idle_since + cfg.keepalive_timeout {
                     return Due::Drop("keep-alive idle timeout");

@@ -75,11 +75,14 @@ fn serve(cfg: Config) -> Result<(), Fatal> {
         base_ms: store::unix_ms(),
     };
     let cfg_dir = cfg.data_dir.clone();
+    let public_url = cfg.public_url.clone();
     let relay = Relay::new(cfg.clone(), store.state().clone(), clock);
     let mut server = Server::bind(cfg, store, relay)?;
     let addr = server.local_addr();
     // Where `fvtt-relay key ...` finds this relay while it holds the lock (src/cli.rs).
     let addr_file = cfg_dir.join(cli::ADDR_FILE);
+    // Removed first: writing into a FIFO left there would block until a reader came.
+    let _ = std::fs::remove_file(&addr_file);
     if let Err(e) = std::fs::write(&addr_file, format!("{addr}\n")) {
         log::warn!(
             "cannot write {}: {e}; CLI commands will not find this relay",
@@ -92,6 +95,12 @@ fn serve(cfg: Config) -> Result<(), Fatal> {
     log::info!(
         "fvtt-relay {} listening on {addr}",
         env!("CARGO_PKG_VERSION")
+    );
+    // Where a new owner goes next; the key itself is never logged, only where it is.
+    log::info!(
+        "admin page: {}; the admin key is in {}",
+        cli::admin_page_url(public_url.as_deref(), addr),
+        cfg_dir.join(cli::ADMIN_KEY_FILE).display()
     );
     let result = server.run();
     let _ = std::fs::remove_file(&addr_file);

@@ -45,6 +45,7 @@ pub struct Metrics {
     pub slow_module: u64,
     pub slow_other: u64,
     pub world_connects: u64,
+    pub module_notices: u64,
     pub state_saves: u64,
     pub state_save_failures: u64,
 }
@@ -59,6 +60,8 @@ pub struct Gauges {
     pub ws_api_sockets: u64,
     pub ws_events_sockets: u64,
     pub uptime_seconds: u64,
+    /// 1 while saves of state.json fail (owner changes are refused with 503), else 0.
+    pub state_save_failing: u64,
 }
 
 impl Metrics {
@@ -206,6 +209,12 @@ impl Metrics {
             &[("", self.world_connects)],
         );
         one(
+            "module_notices_total",
+            "counter",
+            "module-notify notices received from worlds (a setting changed, ...).",
+            &[("", self.module_notices)],
+        );
+        one(
             "state_saves_total",
             "counter",
             "state.json writes, by outcome.",
@@ -213,6 +222,12 @@ impl Metrics {
                 ("{outcome=\"ok\"}", self.state_saves),
                 ("{outcome=\"failed\"}", self.state_save_failures),
             ],
+        );
+        one(
+            "state_save_failing",
+            "gauge",
+            "1 while state.json cannot be saved (owner changes are refused), else 0.",
+            &[("", g.state_save_failing)],
         );
         one(
             "worlds_connected",

@@ -4,8 +4,9 @@
 //! registry (ARCHITECTURE.md, "One turn of the loop").
 //!
 //! Order of a turn: poll (timeout = earliest deadline, or zero while work is left over from a
-//! budget) → read every ready connection under its budget → due deadlines → persist state if
-//! anything asked → one write attempt per connection with queued bytes → reap closed ones.
+//! budget) → read every ready connection under its budget → due deadlines → one write attempt
+//! per connection with queued bytes → reap closed ones. (Owner changes are saved by the relay
+//! in the turn that makes them, through the store attached in `bind`: relay/durable.rs.)
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
@@ -31,6 +32,7 @@ use crate::metrics::SlowKind;
 use crate::outq::Flush;
 use crate::relay::io::{Action, Bytes, Endpoint, Input, Timer};
 use crate::relay::Relay;
+use crate::sdnotify::{self, Notifier};
 use crate::store::Store;
 use crate::ws::handshake;
 use crate::ws::link::{frame_text_into, WsEvent};
@@ -43,8 +45,14 @@ const FIRST_CONN: usize = 2;
 const WS_MESSAGES_PER_TURN: usize = 64;
 /// How long accepting pauses after EMFILE/ENFILE before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-/// How long after a failed `state.json` write the loop tries again.
-const SAVE_RETRY: Duration = Duration::from_secs(2);
+/// Least time between two systemd `STATUS=` updates: busy connect/disconnect churn costs
+/// one datagram a second at most.
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+/// TEST ONLY: when this variable holds a number of milliseconds, SIGUSR1 makes the loop
+/// sleep that long, as a wedged loop would (tests/sdnotify.rs proves the systemd watchdog
+/// then stops hearing from us). Only a local signal can trigger it, never a network peer;
+/// without the variable SIGUSR1 keeps its default action.
+const TEST_WEDGE_ENV: &str = "FVTT_RELAY_TEST_WEDGE_MS";
 
 pub const SERVER_NAME: &str = concat!("fvtt-relay/", env!("CARGO_PKG_VERSION"));
 
@@ -55,8 +63,10 @@ enum LoopTimer {
     Relay(Timer),
     ResumeAccept,
     ShutdownDeadline,
-    /// A failed state save is tried again.
-    RetrySave,
+    /// Time to tell systemd's watchdog that the loop is alive.
+    Watchdog,
+    /// A rate-limited `STATUS=` update is due.
+    Status,
 }
 
 pub struct Server {
@@ -68,7 +78,6 @@ pub struct Server {
     next_gen: u32,
     timers: Deadlines<LoopTimer>,
     relay: Relay,
-    store: Store,
     per_ip: HashMap<IpAddr, u32>,
     accept_paused: bool,
     emfile_logged: bool,
@@ -80,14 +89,26 @@ pub struct Server {
     /// Dead connections found by the flush, removed by `reap`.
     doomed: Vec<ConnId>,
     actions: Vec<Action>,
-    persist: bool,
     shutdown_at: Option<Instant>,
+    /// World links kept open after SIGTERM because an HTTP caller still waits for their
+    /// reply; each gets its 1001 once none does, or when the grace ends.
+    held_links: Vec<ConnId>,
     date: DateCache,
     local_addr: SocketAddr,
     /// One read buffer for every connection (see `Conn::read_socket`).
     scratch: Vec<u8>,
     /// The origin of the timer grain (see `coarse`).
     epoch: Instant,
+    /// systemd notifications; inert without `NOTIFY_SOCKET`.
+    notify: Notifier,
+    /// (worlds online, clients) last sent as `STATUS=`, and when.
+    status_shown: Option<(usize, usize)>,
+    status_sent_at: Option<Instant>,
+    status_timer: bool,
+    /// Open client connections: SSE streams, `/ws/api` and `/ws/events` sockets.
+    clients: usize,
+    /// TEST ONLY: how long SIGUSR1 blocks the loop (`TEST_WEDGE_ENV`).
+    test_wedge: Option<Duration>,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -139,7 +160,9 @@ fn client_ip(peer: IpAddr, head: &Head, trust_forwarded: bool) -> IpAddr {
 
 impl Server {
     /// Bind the listener and prepare the loop. Nothing is accepted until `run`.
-    pub fn bind(cfg: Config, store: Store, relay: Relay) -> Result<Server, Fatal> {
+    /// The relay saves its own owner changes through `store` (relay/durable.rs).
+    pub fn bind(cfg: Config, store: Store, mut relay: Relay) -> Result<Server, Fatal> {
+        relay.set_saver(Box::new(store));
         let poll = Poll::new().map_err(|e| Fatal::Io(format!("poll: {e}")))?;
         let mut listener = TcpListener::bind(cfg.listen)
             .map_err(|e| Fatal::Bind(format!("{}: {e}", cfg.listen)))?;
@@ -149,8 +172,15 @@ impl Server {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(|e| Fatal::Io(format!("register listener: {e}")))?;
-        let mut signals =
-            Signals::new([SIGTERM, SIGINT]).map_err(|e| Fatal::Io(format!("signals: {e}")))?;
+        let test_wedge = std::env::var(TEST_WEDGE_ENV)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_millis);
+        let mut wanted = vec![SIGTERM, SIGINT];
+        if test_wedge.is_some() {
+            wanted.push(SIGUSR1);
+        }
+        let mut signals = Signals::new(wanted).map_err(|e| Fatal::Io(format!("signals: {e}")))?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(|e| Fatal::Io(format!("register signals: {e}")))?;
@@ -163,7 +193,6 @@ impl Server {
             next_gen: 0,
             timers: Deadlines::new(),
             relay,
-            store,
             per_ip: HashMap::new(),
             accept_paused: false,
             emfile_logged: false,
@@ -171,12 +200,18 @@ impl Server {
             dirty: Vec::new(),
             doomed: Vec::new(),
             actions: Vec::new(),
-            persist: false,
             shutdown_at: None,
+            held_links: Vec::new(),
             date: DateCache::new(),
             local_addr,
             scratch: vec![0u8; crate::conn::READ_CHUNK],
             epoch: Instant::now(),
+            notify: Notifier::from_env(),
+            status_shown: None,
+            status_sent_at: None,
+            status_timer: false,
+            clients: 0,
+            test_wedge,
         })
     }
 
@@ -188,6 +223,7 @@ impl Server {
     pub fn run(&mut self) -> Result<(), Fatal> {
         let mut events = Events::with_capacity(1024);
         let mut due = Vec::new();
+        self.notify_ready(Instant::now());
         loop {
             let now = Instant::now();
             let mut timeout = self.timers.next_timeout(now);
@@ -233,37 +269,24 @@ impl Server {
             for t in due.drain(..) {
                 self.on_timer(t, now);
             }
-            if self.persist {
-                self.persist = false;
-                match self.store.save_state(self.relay.state()) {
-                    Ok(()) => self.relay.metrics_mut().state_saves += 1,
-                    Err(e) => {
-                        // Keep serving: the previous state file is intact. Retry on a timer
-                        // (not every turn: a full disk would turn that into a spin).
-                        error!(
-                            "saving {} failed: {e}; retrying in {SAVE_RETRY:?}",
-                            self.store.path().display()
-                        );
-                        self.relay.metrics_mut().state_save_failures += 1;
-                        self.timers
-                            .arm(Instant::now() + SAVE_RETRY, LoopTimer::RetrySave);
-                    }
-                }
+            if !self.held_links.is_empty() {
+                self.release_links(now, false);
             }
             self.flush_dirty();
             self.reap();
+            if self.notify.enabled() && self.shutdown_at.is_none() {
+                self.update_status(now);
+            }
             if let Some(at) = self.shutdown_at {
                 if self.conns.is_empty() || Instant::now() >= at {
                     // Last-used times wait for a timer that will not fire now: save them.
-                    if self.relay.has_unsaved_bookkeeping() {
-                        if let Err(e) = self.store.save_state(self.relay.state()) {
-                            error!(
-                                "saving {} at shutdown failed: {e}",
-                                self.store.path().display()
-                            );
-                        }
-                    }
+                    self.relay.save_before_exit();
+                    // Grace over: the callers still waiting get 503 before their world link
+                    // closes (its close would fail them with 502 "Foundry client
+                    // disconnected", which blames the world for our exit).
                     self.fail_in_flight(Instant::now());
+                    self.release_links(Instant::now(), true);
+                    self.flush_dirty();
                     info!(
                         "shutdown complete ({} connections left open)",
                         self.conns.len()
@@ -274,12 +297,62 @@ impl Server {
         }
     }
 
+    /// systemd: we listen and the state is loaded (`Server::bind` ran after `Store::open`),
+    /// so dependent units may start. The watchdog's first due time is armed here.
+    fn notify_ready(&mut self, now: Instant) {
+        if !self.notify.enabled() {
+            return;
+        }
+        let cur = (self.relay.worlds_online(), self.clients);
+        self.notify.send(&format!(
+            "READY=1\nSTATUS={}",
+            sdnotify::status_line(cur.0, cur.1)
+        ));
+        self.status_shown = Some(cur);
+        self.status_sent_at = Some(now);
+        if let Some(every) = self.notify.watchdog() {
+            info!("systemd watchdog: WATCHDOG=1 every {every:?}");
+            self.timers.arm(now + every, LoopTimer::Watchdog);
+        }
+    }
+
+    /// Send `STATUS=` when the worlds or clients changed, at most once per
+    /// `STATUS_INTERVAL`. A change inside the interval arms one timer for its end, so the
+    /// last change is always shown and an idle relay is never woken for nothing.
+    fn update_status(&mut self, now: Instant) {
+        let cur = (self.relay.worlds_online(), self.clients);
+        if self.status_shown == Some(cur) {
+            return;
+        }
+        if let Some(due) = self.status_sent_at.map(|t| t + STATUS_INTERVAL) {
+            if now < due {
+                if !self.status_timer {
+                    self.status_timer = true;
+                    self.timers.arm(due, LoopTimer::Status);
+                }
+                return;
+            }
+        }
+        self.notify
+            .send(&format!("STATUS={}", sdnotify::status_line(cur.0, cur.1)));
+        self.status_shown = Some(cur);
+        self.status_sent_at = Some(now);
+    }
+
     fn on_signals(&mut self, now: Instant) {
         let mut stop = false;
+        let mut wedge = false;
         for sig in self.signals.pending() {
             if sig == SIGTERM || sig == SIGINT {
                 stop = true;
             }
+            if sig == SIGUSR1 {
+                wedge = true;
+            }
+        }
+        if let Some(d) = self.test_wedge.filter(|_| wedge) {
+            warn!("SIGUSR1: blocking the loop for {d:?} ({TEST_WEDGE_ENV}, test only)");
+            std::thread::sleep(d);
         }
         if stop && self.shutdown_at.is_none() {
             self.begin_shutdown(now);
@@ -287,22 +360,36 @@ impl Server {
     }
 
     /// Stop accepting, close WebSockets with 1001, end streams, let exchanges in flight
-    /// finish within the grace period.
+    /// finish within the grace period. A world link that an HTTP request in flight waits
+    /// on stays open until that request is answered (or the grace ends), so a world that
+    /// answers in time still reaches its caller (issue 15).
     fn begin_shutdown(&mut self, now: Instant) {
         info!(
             "shutting down: {} connections, grace {:?}",
             self.conns.len(),
             self.cfg.shutdown_grace
         );
-        crate::sdnotify::notify("STOPPING=1");
+        self.notify.send(&format!(
+            "STOPPING=1\nSTATUS=Shutting down: {} connections, grace {:?}",
+            self.conns.len(),
+            self.cfg.shutdown_grace
+        ));
         let at = now + self.cfg.shutdown_grace;
         self.shutdown_at = Some(at);
         self.timers.arm(at, LoopTimer::ShutdownDeadline);
         if let Err(e) = self.poll.registry().deregister(&mut self.listener) {
             warn!("deregister listener: {e}");
         }
-        let ids: Vec<ConnId> = self.conns.iter().map(|(_, c)| c.id).collect();
-        for id in ids {
+        let ids: Vec<(ConnId, bool)> = self
+            .conns
+            .iter()
+            .map(|(_, c)| (c.id, c.endpoint() == Some(Endpoint::Module)))
+            .collect();
+        for (id, module) in ids {
+            if module && self.relay.link_owes_http_reply(id) {
+                self.held_links.push(id);
+                continue;
+            }
             if let Some(c) = self.conn_mut(id) {
                 match &c.phase {
                     Phase::Ws(_) => c.close_with(&WsClose::GOING_AWAY, now),
@@ -313,6 +400,24 @@ impl Server {
             }
             self.mark_dirty(id);
         }
+    }
+
+    /// Close (1001) the held world links that no HTTP caller waits on any more, or all of
+    /// them when the grace is over (`all`).
+    fn release_links(&mut self, now: Instant, all: bool) {
+        let mut held = std::mem::take(&mut self.held_links);
+        held.retain(|&id| {
+            if !all && self.relay.link_owes_http_reply(id) {
+                return true;
+            }
+            if let Some(c) = self.conn_mut(id) {
+                c.close_with(&WsClose::GOING_AWAY, now);
+                self.mark_dirty(id);
+                self.rearm(id);
+            }
+            false
+        });
+        self.held_links = held;
     }
 
     /// The grace period is over: every HTTP exchange still waiting for the relay gets a 503
@@ -448,8 +553,10 @@ impl Server {
             return;
         }
         if c.closing_since.is_some() {
+            // The peer's EOF ends a closing connection only once everything queued for it
+            // has been written (the flush decides): a client that half-closes right after
+            // its request still reads our answer (issue 15).
             if c.eof {
-                c.dead = true;
                 self.mark_dirty(id);
             }
             return;
@@ -711,6 +818,7 @@ impl Server {
                 );
                 c.outq.push(head);
                 c.start_sse(&cfg, now);
+                self.clients += 1;
                 self.mark_dirty(conn);
                 self.rearm(conn);
             }
@@ -768,7 +876,6 @@ impl Server {
                 }
             }
             Action::Arm { at, timer } => self.timers.arm(at, LoopTimer::Relay(timer)),
-            Action::Persist => self.persist = true,
         }
     }
 
@@ -784,6 +891,9 @@ impl Server {
         c.outq.push(handshake::response_101(&accept, SERVER_NAME));
         c.upgrade_ws(endpoint, &cfg, now);
         debug!("{id} {} upgraded to {}", c.peer, endpoint.name());
+        if matches!(endpoint, Endpoint::Api | Endpoint::Events) {
+            self.clients += 1;
+        }
         self.ready.push(id);
         self.mark_dirty(id);
         self.rearm(id);
@@ -933,13 +1043,22 @@ impl Server {
                 self.accept_all(now);
             }
             LoopTimer::ShutdownDeadline => {}
-            LoopTimer::RetrySave => self.persist = true,
+            LoopTimer::Watchdog => {
+                // Sent from the loop's own timer: a wedged loop stops feeding the watchdog,
+                // and systemd restarts us (WatchdogSec= in deploy/fvtt-relay.service).
+                self.notify.send("WATCHDOG=1");
+                if let Some(every) = self.notify.watchdog() {
+                    self.timers.arm(now + every, LoopTimer::Watchdog);
+                }
+            }
+            LoopTimer::Status => self.status_timer = false,
         }
     }
 
     // ---------------------------------------------------------------- output and reaping
 
     fn flush_dirty(&mut self) {
+        let now = Instant::now();
         let mut dirty = std::mem::take(&mut self.dirty);
         for id in dirty.drain(..) {
             let Some(c) = self.conns.get_mut(id.key) else {
@@ -953,7 +1072,7 @@ impl Server {
                 self.doomed.push(id);
                 continue;
             }
-            match c.flush(self.cfg.write_budget_bytes) {
+            match c.flush(self.cfg.write_budget_bytes, now) {
                 Err(e) => {
                     debug!("{id} {}: write error: {e}", c.peer);
                     c.dead = true;
@@ -971,11 +1090,9 @@ impl Server {
                     c.outq.soft_since = None;
                     if c.closing_since.is_some() {
                         // Lingering close: FIN now, wait for the peer's EOF (or the
-                        // linger deadline) so unread input cannot reset our last bytes.
-                        if !c.wr_shut {
-                            let _ = c.sock.shutdown(Shutdown::Write);
-                            c.wr_shut = true;
-                        }
+                        // linger deadline, which starts here, after our last byte) so
+                        // unread input cannot reset our last bytes.
+                        c.start_linger(now);
                         if c.eof {
                             c.dead = true;
                             self.doomed.push(id);
@@ -1036,6 +1153,9 @@ impl Server {
                     continue;
                 }
                 let mut c = self.conns.remove(id.key);
+                if c.is_sse() || matches!(c.endpoint(), Some(Endpoint::Api | Endpoint::Events)) {
+                    self.clients = self.clients.saturating_sub(1);
+                }
                 let m = self.relay.metrics_mut();
                 m.connections_open = m.connections_open.saturating_sub(1);
                 let _ = self.poll.registry().deregister(&mut c.sock);

@@ -9,7 +9,14 @@
 //!   `state.json.bak` through its own temp name and rename, so the previous good copy is
 //!   always whole too;
 //! - a file that cannot be read or parsed stops start-up with an error naming it, and is
-//!   never overwritten: the operator decides (the `.bak` is named in the message);
+//!   never overwritten: the operator decides. The message says whether `.bak` loads and
+//!   how to restore it; it is never restored automatically, because it is one save older
+//!   than the lost file and restoring it would silently undo the last acknowledged change
+//!   (a revoked key would work again). The same holds when `state.json` is missing but a
+//!   `.bak` exists: the relay refuses to start rather than start empty (and write a new
+//!   admin key over `admin.key`);
+//! - a FIFO, socket, device or directory where one of our files should be is refused at
+//!   once by a metadata check, before any open that could block;
 //! - a `lock` file held with `flock(LOCK_EX|LOCK_NB)` (std's `File::try_lock`) keeps a second
 //!   relay out; the kernel drops it when the holder dies, so a crash never leaves it stale.
 //!
@@ -29,9 +36,57 @@ use serde_json::Value;
 
 use crate::error::Fatal;
 
+/// A save that did not happen: which file failed and why. `state.json` is unchanged.
+#[derive(Debug)]
+pub struct SaveError {
+    pub path: PathBuf,
+    pub error: io::Error,
+}
+
+impl std::fmt::Display for SaveError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.error)
+    }
+}
+
+impl SaveError {
+    /// The OS's reason without the path (what a caller of the API is told).
+    pub fn reason(&self) -> String {
+        self.error.to_string()
+    }
+}
+
+/// Where the running relay's state is saved (`Store` in the binary; a memory double in the
+/// relay's unit tests). The relay core calls it and never touches a file itself.
+pub trait Saver {
+    /// Write `state` durably; on error the previous saved state is intact.
+    fn save(&mut self, state: &State) -> Result<(), SaveError>;
+}
+
+impl Saver for Store {
+    fn save(&mut self, state: &State) -> Result<(), SaveError> {
+        self.save_state(state)
+    }
+}
+
+/// Test-only fault injection: in debug builds, `FVTT_RELAY_TEST_FAIL_SAVES=N` makes the next
+/// N saves of a `Store` fail as if the disk were full. Release builds ignore it, and nothing
+/// but the process environment can set it (no request can reach it).
+const FAIL_SAVES_ENV: &str = "FVTT_RELAY_TEST_FAIL_SAVES";
+
+fn injected_failures() -> u32 {
+    if !cfg!(debug_assertions) {
+        return 0;
+    }
+    std::env::var(FAIL_SAVES_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Schema version written into every saved file. Bump it together with a new step in
 /// [`migrate`] whenever a field changes meaning or shape.
-pub const STATE_VERSION: u32 = 1;
+pub const STATE_VERSION: u32 = 2;
 
 /// File names inside the data directory.
 pub const STATE_FILE: &str = "state.json";
@@ -51,6 +106,10 @@ pub struct State {
     pub tokens: Vec<ConnToken>,
     pub worlds: Vec<KnownWorld>,
     pub pairing_codes: Vec<PairingCode>,
+    /// Signed-in admin page sessions (relay/admin.rs), so a restart does not sign the owner
+    /// out. Only the SHA-256 of each session cookie is kept.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub admin_sessions: Vec<AdminSession>,
     /// `hash -> index into api_keys`. Rebuilt by [`State::reindex`].
     #[serde(skip)]
     pub(crate) key_index: HashMap<String, usize>,
@@ -69,6 +128,7 @@ impl Default for State {
             tokens: Vec::new(),
             worlds: Vec::new(),
             pairing_codes: Vec::new(),
+            admin_sessions: Vec::new(),
             key_index: HashMap::new(),
             token_index: HashMap::new(),
         }
@@ -137,8 +197,39 @@ pub struct KnownWorld {
     pub foundry_version: String,
     pub custom_name: String,
     pub server_fingerprint: String,
+    /// The Foundry server's origin (`serverOrigin` in `/auth/pair`, normalized; "" unknown):
+    /// a copy of the world on another server gets its own clientId (relay-protocol.md §5.6).
+    pub server_origin: String,
+    /// Cross-world permission (relay-protocol.md §5.8): the clientIds this world may send
+    /// `remote-request`s to, or `*` for every other world; never itself.
+    pub allowed_targets: Vec<String>,
+    /// The scopes those remote requests may use (the action's scope must be among them).
+    pub remote_scopes: Vec<String>,
     pub paired_ms: u64,
     pub last_seen_ms: Option<u64>,
+    /// The world's latest link event in words (relay/history.rs), so "why is it offline?"
+    /// still has an answer after a restart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_link: Option<LinkNote>,
+}
+
+/// One link event of a world, as words and a time (relay/history.rs words it).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(default)]
+pub struct LinkNote {
+    pub at_ms: u64,
+    /// `connected`, `closed` or `refused`.
+    pub kind: String,
+    pub text: String,
+}
+
+/// An admin page session: the SHA-256 hex of its cookie value, and its lifetime.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(default)]
+pub struct AdminSession {
+    pub hash: String,
+    pub created_ms: u64,
+    pub expires_ms: u64,
 }
 
 /// A 6-character pairing code (relay-protocol.md §5.6: single use, 10 min).
@@ -202,6 +293,7 @@ pub fn migrate(mut value: Value) -> Result<State, String> {
     while version < STATE_VERSION {
         match version {
             0 => migrate_v0_to_v1(obj)?,
+            1 => migrate_v1_to_v2(obj)?,
             // Unreachable while every version below STATE_VERSION has an arm above.
             v => return Err(format!("no migration from schema version {v}")),
         }
@@ -238,6 +330,26 @@ fn migrate_v0_to_v1(obj: &mut serde_json::Map<String, Value>) -> Result<(), Stri
     Ok(())
 }
 
+/// v1 -> v2: each known world gains `server_origin` ("" = not known yet; the next pairing
+/// from the world records it) and empty cross-world grants (`allowed_targets`,
+/// `remote_scopes`: nothing is allowed until the owner grants it).
+fn migrate_v1_to_v2(obj: &mut serde_json::Map<String, Value>) -> Result<(), String> {
+    if let Some(worlds) = obj.get_mut("worlds") {
+        let worlds = worlds.as_array_mut().ok_or("\"worlds\" is not an array")?;
+        for w in worlds {
+            let Some(w) = w.as_object_mut() else {
+                return Err("an entry of \"worlds\" is not an object".into());
+            };
+            w.entry("server_origin").or_insert_with(|| Value::from(""));
+            w.entry("allowed_targets")
+                .or_insert_with(|| Value::Array(Vec::new()));
+            w.entry("remote_scopes")
+                .or_insert_with(|| Value::Array(Vec::new()));
+        }
+    }
+    Ok(())
+}
+
 /// The open, locked data directory and the state loaded from it.
 pub struct Store {
     dir: PathBuf,
@@ -245,6 +357,8 @@ pub struct Store {
     state: State,
     /// Holds the `flock`; closing it (on drop) releases the directory.
     _lock: File,
+    /// Saves still to fail on purpose (see [`FAIL_SAVES_ENV`]); always 0 in release builds.
+    fail_saves: u32,
 }
 
 impl Store {
@@ -274,51 +388,75 @@ impl Store {
             path: data_dir.join(STATE_FILE),
             state,
             _lock: lock,
+            fail_saves: injected_failures(),
         })
     }
 
     /// Write the state to disk atomically (see the module comment for the sequence).
     /// Errors name the file involved; the previous `state.json` is intact after any error.
-    pub fn save(&mut self) -> io::Result<()> {
+    pub fn save(&mut self) -> Result<(), SaveError> {
         self.state.version = STATE_VERSION;
-        let mut bytes = serde_json::to_vec_pretty(&self.state).map_err(io::Error::other)?;
+        let mut bytes = serde_json::to_vec_pretty(&self.state).map_err(|e| self.failed(e))?;
         bytes.push(b'\n');
         self.commit(&bytes)
     }
 
     /// Save a state held elsewhere (the running relay owns its `State`; the store owns the
     /// file and the lock). The store's own copy is not updated.
-    pub fn save_state(&mut self, state: &State) -> io::Result<()> {
-        let mut v = serde_json::to_value(state).map_err(io::Error::other)?;
+    pub fn save_state(&mut self, state: &State) -> Result<(), SaveError> {
+        let mut v = serde_json::to_value(state).map_err(|e| self.failed(e))?;
         v["version"] = serde_json::json!(STATE_VERSION);
-        let mut bytes = serde_json::to_vec_pretty(&v).map_err(io::Error::other)?;
+        let mut bytes = serde_json::to_vec_pretty(&v).map_err(|e| self.failed(e))?;
         bytes.push(b'\n');
         self.commit(&bytes)
     }
 
-    fn commit(&mut self, bytes: &[u8]) -> io::Result<()> {
+    fn failed(&self, e: serde_json::Error) -> SaveError {
+        SaveError {
+            path: self.path.clone(),
+            error: io::Error::other(e),
+        }
+    }
+
+    fn commit(&mut self, bytes: &[u8]) -> Result<(), SaveError> {
         let tmp = self.dir.join(TEMP_FILE);
+        let err = |path: &Path, error: io::Error| SaveError {
+            path: path.to_path_buf(),
+            error,
+        };
+        if self.fail_saves > 0 {
+            self.fail_saves -= 1;
+            return Err(err(
+                &tmp,
+                io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    format!("injected save failure ({FAIL_SAVES_ENV})"),
+                ),
+            ));
+        }
         if let Err(e) = write_synced(&tmp, bytes) {
             let _ = fs::remove_file(&tmp);
-            return Err(named(&tmp, e));
+            return Err(err(&tmp, e));
         }
-        if let Err(e) = self.backup_current() {
+        if let Err((path, e)) = self.backup_current() {
             let _ = fs::remove_file(&tmp);
-            return Err(e);
+            return Err(err(&path, e));
         }
         if let Err(e) = fs::rename(&tmp, &self.path) {
             let _ = fs::remove_file(&tmp);
-            return Err(named(&self.path, e));
+            return Err(err(&self.path, e));
         }
-        // The rename is durable only once the directory entry is on disk.
+        // The rename is durable only once the directory entry is on disk. If this fsync
+        // fails the new file is in place but may not survive a power cut: report failure,
+        // so the change is not acknowledged (undoing it in memory is the safe side).
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
-            .map_err(|e| named(&self.dir, e))
+            .map_err(|e| err(&self.dir, e))
     }
 
     /// Point `state.json.bak` at the current `state.json` (which we loaded or wrote, so it is
     /// good), atomically: link or copy to a temp name, then rename over the old backup.
-    fn backup_current(&self) -> io::Result<()> {
+    fn backup_current(&self) -> Result<(), (PathBuf, io::Error)> {
         let bak_tmp = self.dir.join(BACKUP_TEMP_FILE);
         let _ = fs::remove_file(&bak_tmp);
         // state.json is only ever replaced by rename, never written in place, so a hard link
@@ -331,16 +469,16 @@ impl Store {
                 let bytes = match fs::read(&self.path) {
                     Ok(b) => b,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-                    Err(e) => return Err(named(&self.path, e)),
+                    Err(e) => return Err((self.path.clone(), e)),
                 };
                 if let Err(e) = write_synced(&bak_tmp, &bytes) {
                     let _ = fs::remove_file(&bak_tmp);
-                    return Err(named(&bak_tmp, e));
+                    return Err((bak_tmp, e));
                 }
             }
         }
         let bak = self.dir.join(BACKUP_FILE);
-        fs::rename(&bak_tmp, &bak).map_err(|e| named(&bak, e))?;
+        fs::rename(&bak_tmp, &bak).map_err(|e| (bak.clone(), e))?;
         // POSIX rename does nothing when both names are links to one file (a save that failed
         // after this step leaves .bak linked to the live file); drop the extra name then.
         let _ = fs::remove_file(&bak_tmp);
@@ -366,16 +504,55 @@ impl Store {
 }
 
 /// Load `<data-dir>/state.json` without taking the lock (read-only views, e.g. a CLI listing
-/// while the relay runs). A missing file is a fresh state; anything unreadable is an error
-/// that names the file.
+/// while the relay runs). A missing file is a fresh state unless a `.bak` exists; anything
+/// unusable is an error that names the file and says what the `.bak` could do.
 pub fn read_state(data_dir: &Path) -> Result<State, Fatal> {
     let path = data_dir.join(STATE_FILE);
-    let bytes = match fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(State::default()),
-        Err(e) => return Err(corrupt(data_dir, &path, &format!("cannot read it: {e}"))),
+    let bak = data_dir.join(BACKUP_FILE);
+    let problem = match load_file(&path) {
+        Ok(Some(state)) => return Ok(state),
+        Ok(None) => None,
+        Err(p) => Some(p),
     };
-    if let Ok(meta) = fs::metadata(&path) {
+    let (p, b) = (path.display(), bak.display());
+    let bak_state = load_file(&bak);
+    let msg = match (problem, bak_state) {
+        (None, Ok(None)) => return Ok(State::default()),
+        (None, Ok(Some(_))) => format!(
+            "{p} is missing but {b} exists and loads; not starting empty. The backup is one \
+             save older than the lost file, so its last change (a new or revoked key, say) may \
+             be missing from it. To restore it: cp -p {b} {p}  To start empty on purpose: \
+             move {b} away first"
+        ),
+        (None, Err(bp)) => format!(
+            "{p} is missing and {b} is unusable ({bp}); not starting empty. Restore {p} from \
+             your own backup, or move {b} away to start empty on purpose"
+        ),
+        (Some(sp), Ok(Some(_))) => format!(
+            "{p}: {sp}; the file was left untouched. {b} loads; it is one save older, so the \
+             last change may be missing from it. To restore it: mv {p} {p}.broken && cp -p {b} {p}"
+        ),
+        (Some(sp), Ok(None)) => {
+            format!("{p}: {sp}; the file was left untouched (there is no {b})")
+        }
+        (Some(sp), Err(bp)) => format!(
+            "{p}: {sp}; {b} is unusable too ({bp}); both files were left untouched. Restore \
+             {p} from your own backup, or move both away to start empty"
+        ),
+    };
+    Err(Fatal::State(msg))
+}
+
+/// One state file: `Ok(None)` when it does not exist, the migrated state when it loads,
+/// else what is wrong with it. Never blocks: the type is checked before the file is opened.
+fn load_file(path: &Path) -> Result<Option<State>, String> {
+    match regular_file(path) {
+        Ok(false) => return Ok(None),
+        Ok(true) => {}
+        Err(p) => return Err(p),
+    }
+    let bytes = fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
+    if let Ok(meta) = fs::metadata(path) {
         if meta.permissions().mode() & 0o077 != 0 {
             log::warn!(
                 "{} is readable by other users; the next save rewrites it with mode 0600",
@@ -384,24 +561,44 @@ pub fn read_state(data_dir: &Path) -> Result<State, Fatal> {
         }
     }
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(corrupt(data_dir, &path, "the file is empty"));
+        return Err("the file is empty".into());
     }
-    let value: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| corrupt(data_dir, &path, &format!("not valid JSON: {e}")))?;
-    migrate(value).map_err(|e| corrupt(data_dir, &path, &e))
+    let value: Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+    migrate(value).map(Some)
 }
 
-fn corrupt(dir: &Path, path: &Path, problem: &str) -> Fatal {
-    let bak = dir.join(BACKUP_FILE);
-    let hint = if bak.exists() {
-        format!("; the previous good copy is {}", bak.display())
-    } else {
-        String::new()
-    };
-    Fatal::State(format!(
-        "{}: {problem}; the file was left untouched{hint}",
-        path.display()
-    ))
+/// Whether `path` is a regular file (following symlinks): `Ok(false)` when nothing is
+/// there, an error naming the kind when something else is (a FIFO would block an open
+/// for reading until a writer came, and a lock or state file can never be one).
+pub fn regular_file(path: &Path) -> Result<bool, String> {
+    match fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(true),
+        Ok(m) => {
+            use std::os::unix::fs::FileTypeExt;
+            let t = m.file_type();
+            let kind = if t.is_dir() {
+                "a directory"
+            } else if t.is_fifo() {
+                "a FIFO"
+            } else if t.is_socket() {
+                "a socket"
+            } else if t.is_block_device() || t.is_char_device() {
+                "a device"
+            } else {
+                "not a regular file"
+            };
+            Err(format!("it is {kind}, not a regular file"))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if fs::symlink_metadata(path).is_ok() {
+                Err("it is a symbolic link to a missing file".into())
+            } else {
+                Ok(false)
+            }
+        }
+        Err(e) => Err(format!("cannot inspect it: {e}")),
+    }
 }
 
 /// Open `<dir>/lock` and take an exclusive, non-blocking `flock` on it; write our pid into it
@@ -411,6 +608,12 @@ const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_millis(500)
 
 fn take_lock(dir: &Path) -> Result<File, Fatal> {
     let path = dir.join(LOCK_FILE);
+    if let Err(p) = regular_file(&path) {
+        return Err(Fatal::State(format!(
+            "lock file {}: {p}; remove it (the relay creates it)",
+            path.display()
+        )));
+    }
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -466,10 +669,6 @@ fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .open(path)?;
     f.write_all(bytes)?;
     f.sync_all()
-}
-
-fn named(path: &Path, e: io::Error) -> io::Error {
-    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
 /// Wall-clock unix milliseconds, for callers that then pass `now_ms` into pure code.
@@ -661,8 +860,121 @@ pub(crate) mod tests {
         // A directory where the file should be: reading fails with an I/O error.
         fs::create_dir_all(t.0.join("state.json")).unwrap();
         let msg = fatal_msg(Store::open(&t.0));
-        assert!(msg.contains("cannot read"), "{msg}");
+        assert!(
+            msg.contains("it is a directory, not a regular file"),
+            "{msg}"
+        );
         assert!(t.0.join("state.json").is_dir());
+    }
+
+    fn mkfifo(path: &Path) {
+        let ok = std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "mkfifo {}", path.display());
+    }
+
+    /// Open on a thread, so a regression that blocks fails the test instead of hanging it.
+    fn open_within(dir: &Path, limit: std::time::Duration) -> Result<Store, Fatal> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let d = dir.to_path_buf();
+        std::thread::spawn(move || {
+            let _ = tx.send(Store::open(&d));
+        });
+        match rx.recv_timeout(limit) {
+            Ok(r) => r,
+            Err(_) => panic!("Store::open blocked on {}", dir.display()),
+        }
+    }
+
+    #[test]
+    fn fifos_are_refused_at_once_not_opened() {
+        for name in ["state.json", "state.json.bak", "lock"] {
+            let t = TempDir::new("fifo");
+            fs::create_dir_all(&t.0).unwrap();
+            if name == "state.json.bak" {
+                // A .bak only matters when state.json is missing or broken.
+                fs::write(t.0.join("state.json"), b"{").unwrap();
+            }
+            mkfifo(&t.0.join(name));
+            let msg = fatal_msg(open_within(&t.0, std::time::Duration::from_secs(5)));
+            assert!(msg.contains(name), "{name}: {msg}");
+            assert!(
+                msg.contains("it is a FIFO, not a regular file"),
+                "{name}: {msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_state_with_a_backup_refuses_to_start_empty() {
+        let t = TempDir::new("nostate");
+        {
+            let mut s = Store::open(&t.0).unwrap();
+            s.state_mut().api_keys.push(sample_key(1));
+            s.save().unwrap();
+            s.state_mut().api_keys.push(sample_key(2));
+            s.save().unwrap();
+        }
+        fs::remove_file(t.0.join("state.json")).unwrap();
+        let bak = fs::read(t.0.join("state.json.bak")).unwrap();
+        let msg = fatal_msg(Store::open(&t.0));
+        assert!(msg.contains("is missing but"), "{msg}");
+        assert!(msg.contains("loads"), "{msg}");
+        assert!(msg.contains("cp -p"), "{msg}");
+        assert!(!t.0.join("state.json").exists(), "nothing may be written");
+        assert_eq!(fs::read(t.0.join("state.json.bak")).unwrap(), bak);
+        // Restoring as the message says works.
+        fs::copy(t.0.join("state.json.bak"), t.0.join("state.json")).unwrap();
+        assert_eq!(Store::open(&t.0).unwrap().state().api_keys.len(), 1);
+        // A broken .bak alone is refused too, and not called good.
+        fs::remove_file(t.0.join("state.json")).unwrap();
+        fs::write(t.0.join("state.json.bak"), b"{oops").unwrap();
+        let msg = fatal_msg(Store::open(&t.0));
+        assert!(msg.contains("is missing and"), "{msg}");
+        assert!(msg.contains("unusable"), "{msg}");
+        assert!(!msg.contains("loads"), "{msg}");
+    }
+
+    #[test]
+    fn both_files_broken_names_both_and_calls_neither_good() {
+        let t = TempDir::new("bothbad");
+        fs::create_dir_all(&t.0).unwrap();
+        fs::write(t.0.join("state.json"), b"{\"version\":").unwrap();
+        fs::write(t.0.join("state.json.bak"), b"").unwrap();
+        let msg = fatal_msg(Store::open(&t.0));
+        assert!(msg.contains("state.json: not valid JSON"), "{msg}");
+        assert!(
+            msg.contains("state.json.bak is unusable too (the file is empty)"),
+            "{msg}"
+        );
+        assert!(!msg.contains("good"), "{msg}");
+        assert!(!msg.contains("loads"), "{msg}");
+    }
+
+    #[test]
+    fn injected_and_real_save_failures_leave_the_file_alone() {
+        let t = TempDir::new("failsave");
+        let mut s = Store::open(&t.0).unwrap();
+        s.state_mut().api_keys.push(sample_key(1));
+        s.save().unwrap();
+        let before = fs::read(t.0.join("state.json")).unwrap();
+        s.fail_saves = 1;
+        s.state_mut().api_keys.push(sample_key(2));
+        let e = s.save().unwrap_err();
+        assert!(e.to_string().contains("state.json.tmp"), "{e}");
+        assert!(e.reason().contains("injected"), "{e}");
+        assert!(!e.reason().contains(&t.0.display().to_string()), "{e}");
+        assert_eq!(fs::read(t.0.join("state.json")).unwrap(), before);
+        // A real failure: the temp name is taken by a directory.
+        fs::create_dir(t.0.join("state.json.tmp")).unwrap();
+        fs::write(t.0.join("state.json.tmp/x"), b"").unwrap();
+        assert!(s.save().is_err());
+        assert_eq!(fs::read(t.0.join("state.json")).unwrap(), before);
+        fs::remove_dir_all(t.0.join("state.json.tmp")).unwrap();
+        s.save().unwrap();
+        assert_ne!(fs::read(t.0.join("state.json")).unwrap(), before);
     }
 
     #[test]
@@ -730,7 +1042,9 @@ pub(crate) mod tests {
             (r#"{"version":-1}"#, "non-negative"),
             (r#"{"version":"1"}"#, "non-negative"),
             (r#"{"version":4294967296}"#, "non-negative"),
-            (r#"{"version":2}"#, "newer"),
+            (r#"{"version":3}"#, "newer"),
+            (r#"{"version":1,"worlds":{}}"#, "not an array"),
+            (r#"{"version":1,"worlds":[1]}"#, "not an object"),
             (r#"{"api_keys":{}}"#, "not an array"),
         ] {
             let v: Value = serde_json::from_str(json).unwrap();
@@ -738,7 +1052,28 @@ pub(crate) mod tests {
             assert!(e.contains(want), "{json}: {e}");
         }
         let ok: Value = serde_json::from_str(r#"{"version":1}"#).unwrap();
-        assert_eq!(migrate(ok).unwrap().version, 1);
+        assert_eq!(migrate(ok).unwrap().version, STATE_VERSION);
+    }
+
+    #[test]
+    fn v1_worlds_gain_server_origin() {
+        let t = TempDir::new("migrate-v1");
+        fs::create_dir_all(&t.0).unwrap();
+        let v1 = r#"{"version":1,"worlds":[{"client_id":"fvtt_a","world_id":"w",
+            "server_fingerprint":"fp","paired_ms":5}]}"#;
+        fs::write(t.0.join("state.json"), v1).unwrap();
+        let mut s = Store::open(&t.0).unwrap();
+        assert_eq!(s.state().version, 2);
+        assert_eq!(s.state().worlds[0].server_origin, "");
+        assert_eq!(s.state().worlds[0].server_fingerprint, "fp");
+        s.save().unwrap();
+        let saved: Value =
+            serde_json::from_slice(&fs::read(t.0.join("state.json")).unwrap()).unwrap();
+        assert_eq!(saved["version"], 2);
+        assert_eq!(saved["worlds"][0]["server_origin"], "");
+        assert_eq!(saved["worlds"][0]["paired_ms"], 5);
+        assert_eq!(saved["worlds"][0]["allowed_targets"], serde_json::json!([]));
+        assert_eq!(saved["worlds"][0]["remote_scopes"], serde_json::json!([]));
     }
 
     #[test]

@@ -74,7 +74,8 @@ fn sigint_closes_websockets_with_1001_and_exits_0() {
 }
 
 /// A request the world is slow to answer, in flight when the signal arrives, gets a
-/// response (an answer or an error status), never a silently dropped connection.
+/// response (an answer or an error status), never a silently dropped connection. (The
+/// world link stays open while the request waits on it: tests/lifecycle.rs.)
 #[test]
 fn in_flight_request_failed_when_world_link_closes() {
     let p = start_provisioned(&["--shutdown-grace", "2s"]);

@@ -41,6 +41,7 @@ pub const OWNER_ROUTES: &[(&str, &str, &str, OwnerAuth)] = &[
     ("GET", "/admin/api/session", "The current admin session and its CSRF token", OwnerAuth::Admin),
     ("GET", "/admin/api/worlds", "Paired worlds, live and offline", OwnerAuth::Admin),
     ("DELETE", "/admin/api/worlds/{clientId}", "Unpair a world and revoke its tokens", OwnerAuth::Admin),
+    ("PATCH", "/admin/api/worlds/{clientId}", "Set a world's cross-world permission (allowedTargets, remoteScopes)", OwnerAuth::Admin),
     ("GET", "/admin/api/pair-requests", "Open browser pairing requests", OwnerAuth::Admin),
     ("GET", "/admin/api/pair-requests/{code}", "One browser pairing request", OwnerAuth::Admin),
     ("POST", "/admin/api/pair-requests/{code}/approve", "Approve a browser pairing request", OwnerAuth::Admin),

@@ -534,9 +534,11 @@ fn json_reply(text: &[u8]) -> Reply {
     reply(status, text.to_vec())
 }
 
+/// relay-protocol.md §2.4: 400 only when the top-level `error` is a JSON string (even
+/// empty); `false`, `0`, an object or null leave it 200.
 fn status_of(value: &Value) -> u16 {
     match value.get("error") {
-        Some(e) if !e.is_null() => 400,
+        Some(Value::String(_)) => 400,
         _ => 200,
     }
 }
@@ -574,8 +576,9 @@ fn scrub(value: &mut Value) -> bool {
     }
 }
 
-/// Whether the top level of a JSON text is an object with a non-null `error`, found without
-/// building the document: values are skipped with `IgnoredAny`.
+/// Whether the top level of a JSON text is an object whose `error` is a string (§2.4), found
+/// without building the document: other values are skipped with `IgnoredAny`, and only the
+/// `error` value itself is parsed.
 struct TopLevelError(bool);
 
 impl<'de> Deserialize<'de> for TopLevelError {
@@ -590,7 +593,7 @@ impl<'de> Deserialize<'de> for TopLevelError {
                 let mut found = false;
                 while let Some(key) = map.next_key::<IsErrorKey>()? {
                     if key.0 {
-                        found |= map.next_value::<Option<IgnoredAny>>()?.is_some();
+                        found = map.next_value::<Value>()?.is_string();
                     } else {
                         map.next_value::<IgnoredAny>()?;
                     }
@@ -1162,11 +1165,16 @@ mod tests {
             (r#"{"type":"roll-result","requestId":"x","success":false,"error":"Failed to roll formula: x"}"#, 400),
             (r#"{"type":"roll-result","requestId":"x","error":""}"#, 400),
             (r#"{"type":"roll-result","requestId":"x","error":null}"#, 200),
-            (r#"{"type":"roll-result","requestId":"x","error":{"code":1}}"#, 400),
+            // §2.4: only a string `error` makes it 400 (a contract fuzzer found these).
+            (r#"{"type":"roll-result","requestId":"x","error":{"code":1}}"#, 200),
+            (r#"{"type":"roll-result","requestId":"x","error":false}"#, 200),
+            (r#"{"type":"roll-result","requestId":"x","error":0}"#, 200),
+            (r#"{"type":"roll-result","requestId":"x","error":["a"]}"#, 200),
             (r#"{"type":"roll-result", "success" : false}"#, 200),
             (r#"[1,2]"#, 200),
             (r#"not json"#, 200),
             (r#"{"a":"\u0041","error":"x"}"#, 400),
+            (r#"{"a":"\u0041","error":false}"#, 200),
         ];
         for (text, status) in cases {
             let reply = reply_to_http(&r, &[], text.as_bytes());

@@ -74,7 +74,8 @@ pub enum Timer {
     Request(u64),
     /// Periodic housekeeping (rate-limit sweeps, expired codes), armed only while needed.
     Sweep,
-    /// Save bookkeeping that changed (last-used times) a while after the first change.
+    /// Save bookkeeping that changed (last-used times) a while after the first change, or
+    /// retry a failed save of it (relay/durable.rs; never more than one armed).
     LazyPersist,
 }
 
@@ -109,6 +110,4 @@ pub enum Action {
     Close { conn: ConnId, close: WsClose },
     /// Arm a relay timer.
     Arm { at: Instant, timer: Timer },
-    /// The durable state changed: save it before any reply of this turn leaves.
-    Persist,
 }

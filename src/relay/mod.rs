@@ -1,26 +1,29 @@
 //! The relay core, sans-IO: `Relay::handle(Input, now, &mut actions)`.
 //!
-//! It owns the durable `State` (the loop saves it when asked with `Action::Persist`), the
+//! It owns the durable `State` (saved through the `Saver` the loop attaches: `durable.rs`), the
 //! live world links, pending requests, subscriptions and rate limits. It never imports mio,
 //! sockets or files, and it never reads the clock: `now` comes in, and wall-clock
 //! milliseconds are derived from it through `Clock`, so tests can move time freely.
 //!
 //! Files: `io` (inputs/actions), `world` (live links), `link` (the `/relay` module protocol),
 //! `rest` (HTTP routes: auth, scopes, forwarding, local routes), `pending` (waiters),
-//! `forward` (pure parameter and reply shaping).
+//! `forward` (pure parameter and reply shaping), `remote` (cross-world requests).
 
 pub mod admin;
 pub mod api_ws;
 pub mod docs;
+pub mod durable;
 pub mod events;
 pub mod forward;
 pub mod gateway;
+pub mod history;
 pub mod hub;
 pub mod io;
 pub mod limits;
 pub mod link;
 pub mod pairing;
 pub mod pending;
+pub mod remote;
 pub mod rest;
 pub mod revoke;
 pub mod session_hook;
@@ -41,9 +44,6 @@ use hub::Hub;
 use io::{Action, Input, Timer};
 use pending::Pending;
 use world::{Meta, Worlds};
-
-/// How long bookkeeping changes wait before they are saved.
-const LAZY_PERSIST: Duration = Duration::from_secs(60);
 
 /// Wall-clock milliseconds derived from the monotonic `now` passed in.
 #[derive(Clone, Copy, Debug)]
@@ -89,8 +89,8 @@ pub struct Relay {
     pub(crate) hub: Hub,
     /// Counters for `/metrics` (metrics.rs).
     pub(crate) metrics: Metrics,
-    /// Bookkeeping (last-used times) changed and waits for `Timer::LazyPersist`.
-    pub(crate) lazy_dirty: bool,
+    /// Saving the state: owner changes at once, bookkeeping lazily (durable.rs).
+    pub(crate) disk: durable::Disk,
     pub(crate) clock: Clock,
     pub(crate) started: Instant,
     /// Rate limiters (relay/limits.rs).
@@ -101,6 +101,8 @@ pub struct Relay {
     pub(crate) subs: HashMap<ConnId, events::Subscriber>,
     /// `/ws/events` socket state and the upgrade rate limit (gateway.rs).
     pub(crate) gateway: gateway::Gateway,
+    /// Each world's last link events, for "why is it offline?" (history.rs).
+    pub(crate) history: history::History,
 }
 
 impl Relay {
@@ -110,6 +112,7 @@ impl Relay {
             limits: limits::Limits::new(&cfg),
             owner: pairing::Owner::default(),
             gateway: gateway::Gateway::new(&cfg),
+            history: history::History::new(cfg.world_history),
             cfg,
             state,
             routes: std::rc::Rc::new(RouteTable::builtin()),
@@ -118,7 +121,7 @@ impl Relay {
             req_ids: RequestIds::new(),
             roles: HashMap::new(),
             metrics: Metrics::default(),
-            lazy_dirty: false,
+            disk: durable::Disk::default(),
             api: HashMap::new(),
             subs: HashMap::new(),
             clock,
@@ -126,7 +129,7 @@ impl Relay {
         }
     }
 
-    /// The durable state, for the loop to save after `Action::Persist`.
+    /// The durable state.
     pub fn state(&self) -> &State {
         &self.state
     }
@@ -141,10 +144,6 @@ impl Relay {
             self.metrics.http_requests += 1;
         }
         self.dispatch(input, now, out);
-        if out[first..].iter().any(|a| matches!(a, Action::Persist)) {
-            // A save this turn carries the bookkeeping too.
-            self.lazy_dirty = false;
-        }
         // X-RateLimit-* on the API responses of this turn (relay/limits.rs).
         if let Some(new) = out.get_mut(first..) {
             self.stamp_rate_headers(new);
@@ -161,23 +160,15 @@ impl Relay {
         }
     }
 
-    /// Record that bookkeeping changed (a key's or token's last use): it is saved within
-    /// `LAZY_PERSIST`, by a timer, never by the request that caused it, so forwarding never
-    /// waits for the disk (issue 5: "never on the hot path of forwarding").
-    pub(crate) fn persist_later(&mut self, now: Instant, out: &mut Vec<Action>) {
-        if !self.lazy_dirty {
-            self.lazy_dirty = true;
-            out.push(Action::Arm {
-                at: now + LAZY_PERSIST,
-                timer: Timer::LazyPersist,
-            });
-        }
+    /// Whether an HTTP request forwarded over world link `link` is still unanswered (the
+    /// loop holds the link open at shutdown while one is).
+    pub fn link_owes_http_reply(&self, link: ConnId) -> bool {
+        self.pending.http_waiting_on(link)
     }
 
-    /// Whether in-memory bookkeeping is newer than `state.json` (the loop saves it once more
-    /// at shutdown).
-    pub fn has_unsaved_bookkeeping(&self) -> bool {
-        self.lazy_dirty
+    /// Worlds with a live link (the systemd status line).
+    pub fn worlds_online(&self) -> usize {
+        self.worlds.len()
     }
 
     /// Counters the loop bumps for connection-level outcomes (slow consumers, refusals).
@@ -197,6 +188,7 @@ impl Relay {
             ws_api_sockets: self.api.len() as u64,
             ws_events_sockets: count(hub::Transport::WsEvents),
             uptime_seconds: self.uptime(now).as_secs(),
+            state_save_failing: u64::from(self.saves_failing()),
         })
     }
 
@@ -260,12 +252,7 @@ impl Relay {
             },
             Timer::Request(serial) => self.request_timeout(serial, now, out),
             Timer::Sweep => self.limits.sweep(now),
-            Timer::LazyPersist => {
-                if self.lazy_dirty {
-                    self.lazy_dirty = false;
-                    out.push(Action::Persist);
-                }
-            }
+            Timer::LazyPersist => self.lazy_timer(now, out),
         }
     }
 }

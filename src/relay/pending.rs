@@ -27,12 +27,20 @@ pub enum Caller {
         client_request_id: serde_json::Value,
         ws_type: String,
     },
+    /// A cross-world `remote-request` from the world link `conn`: answered there as
+    /// `remote-response` with the asking module's own requestId (relay-protocol.md §5.8).
+    Remote {
+        conn: ConnId,
+        source_request_id: String,
+    },
 }
 
 impl Caller {
     pub fn conn(&self) -> ConnId {
         match self {
-            Caller::Http { conn, .. } | Caller::WsApi { conn, .. } => *conn,
+            Caller::Http { conn, .. }
+            | Caller::WsApi { conn, .. }
+            | Caller::Remote { conn, .. } => *conn,
         }
     }
 }
@@ -148,6 +156,15 @@ impl Pending {
             .values()
             .filter(|w| w.caller.conn() == conn)
             .count()
+    }
+
+    /// Whether an HTTP caller still waits for a reply from `link`. At shutdown the loop
+    /// keeps such a world link open until none does (a `/ws/api` caller's socket is
+    /// already closing then, so its reply could not be delivered anyway).
+    pub fn http_waiting_on(&self, link: ConnId) -> bool {
+        self.by_id
+            .values()
+            .any(|w| w.link == link && matches!(w.caller, Caller::Http { .. }))
     }
 
     pub fn len(&self) -> usize {
