@@ -866,7 +866,7 @@ fn admin_methods(segs: &[&str]) -> Option<&'static str> {
         ["login" | "logout" | "pairing-codes"] => "POST",
         ["admin-key", "rotate"] => "POST",
         ["pair-requests", _, "approve" | "deny"] => "POST",
-        ["session" | "scopes" | "worlds" | "pair-requests" | "tokens"] => "GET, HEAD",
+        ["session" | "status" | "scopes" | "worlds" | "pair-requests" | "tokens"] => "GET, HEAD",
         ["pair-requests", _] => "GET, HEAD",
         ["keys"] => "GET, HEAD, POST",
         ["worlds", _] => "PATCH, DELETE",

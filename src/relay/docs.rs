@@ -39,6 +39,7 @@ pub const OWNER_ROUTES: &[(&str, &str, &str, OwnerAuth)] = &[
     ("POST", "/admin/api/login", "Start an admin session with the admin key", OwnerAuth::None),
     ("POST", "/admin/api/logout", "End the admin session", OwnerAuth::Admin),
     ("GET", "/admin/api/session", "The current admin session and its CSRF token", OwnerAuth::Admin),
+    ("GET", "/admin/api/status", "The relay's status: address, uptime, worlds, connections (fvtt-relay status)", OwnerAuth::Admin),
     ("GET", "/admin/api/worlds", "Paired worlds, live and offline", OwnerAuth::Admin),
     ("DELETE", "/admin/api/worlds/{clientId}", "Unpair a world and revoke its tokens", OwnerAuth::Admin),
     ("PATCH", "/admin/api/worlds/{clientId}", "Set a world's cross-world permission (allowedTargets, remoteScopes)", OwnerAuth::Admin),
@@ -430,6 +431,12 @@ fn route_responses(route: &Route, keyed: bool) -> Value {
             "description": "An event stream (WHATWG HTML §9.2); each event's data is JSON text",
             "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/SseEvent"}}},
         }),
+        (Kind::Local, _) if route.pattern == "/" => json!({
+            "description": "`{\"status\":\"ok\"}`; a browser (Accept: text/html) gets the \
+                landing page",
+            "content": {"application/json": {"schema": {"type": "object"}},
+                "text/html": {"schema": {"type": "string"}}},
+        }),
         (Kind::Forward, t) => json!({
             "description": format!("The module's `{t}-result` reply, verbatim"),
             "content": {"application/json": {"schema": {"type": "object"}}},
@@ -648,6 +655,22 @@ fn owner_shape(method: &str, path: &str) -> (Option<Value>, Vec<(&'static str, &
         | ("DELETE", "/admin/api/worlds/{clientId}") => {
             (None, vec![("200", "OK"), ("404", "Not found")])
         }
+        ("PATCH", "/admin/api/worlds/{clientId}") => (
+            Some(obj(
+                json!({"allowedTargets": {"type": "array", "items": {"type": "string", "minLength": 1},
+                        "description": "clientIds of other worlds, or \"*\" (a comma-separated \
+                            string is accepted too); absent: unchanged"},
+                    "remoteScopes": {"type": "array",
+                        "items": {"type": "string", "enum": crate::auth::ALL_SCOPES},
+                        "description": "Scopes cross-world requests may use; absent: unchanged"}}),
+                &[],
+            )),
+            vec![
+                ("200", "The world with its grants"),
+                ("400", "A bad target or scope"),
+                ("404", "Unknown clientId"),
+            ],
+        ),
         ("GET", "/metrics") => (
             None,
             vec![("200", "Prometheus text exposition format 0.0.4")],
