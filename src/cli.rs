@@ -517,6 +517,14 @@ fn print_worlds(worlds: &[Value], out: &mut dyn Write) {
         if let Some(why) = why {
             let _ = writeln!(out, "\t{why}");
         }
+        // The module's last notice (module-notify), from the running relay.
+        if let Some(text) = w["lastNotice"]["text"].as_str() {
+            let _ = writeln!(
+                out,
+                "\tmodule notice {}: {text}",
+                ms_label(&w["lastNotice"]["at"])
+            );
+        }
     }
 }
 

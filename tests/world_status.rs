@@ -226,3 +226,51 @@ fn status_command() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("the relay is not running"), "{err}");
 }
+
+/// The module's own close (its code and reason) and its last `module-notify` are part of the
+/// world's story: on the admin API and in `fvtt-relay worlds`.
+#[test]
+fn the_worlds_close_code_and_last_notice_are_kept() {
+    let p = start_provisioned(&[]);
+    let addr = p.relay.addr();
+    let admin = p.keys.admin_key.clone();
+    let w = p.world();
+    assert!(
+        w.send_json(&json!({"type": "module-notify", "event": "settings-change",
+        "details": "Setting `wsRelayUrl` was changed", "actor": "Gamemaster", "world": "W"}))
+    );
+    let mut v = Value::Null;
+    assert!(wait_for(secs(5), || {
+        v = worlds(addr, &admin);
+        v["lastNotice"]["text"].is_string()
+    }));
+    assert_eq!(
+        v["lastNotice"]["text"], "Setting `wsRelayUrl` was changed (by Gamemaster)",
+        "{v}"
+    );
+    let out = std::process::Command::new(relay_binary())
+        .args(["worlds", "--data-dir"])
+        .arg(p.dir.path())
+        .output()
+        .expect("fvtt-relay worlds");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("module notice") && stdout.contains("wsRelayUrl"),
+        "{stdout}"
+    );
+    w.close_with(4321, "Module shutting down");
+    assert!(wait_for(secs(5), || {
+        v = worlds(addr, &admin);
+        v["isOnline"] == false && v["history"].as_array().is_some_and(|h| h.len() == 2)
+    }));
+    let closed = &v["history"][1];
+    assert_eq!(closed["by"], "world", "{v}");
+    assert_eq!(closed["code"], 4321, "{v}");
+    assert_eq!(closed["reason"], "Module shutting down", "{v}");
+    assert!(
+        closed["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("(4321 Module shutting down)")),
+        "{v}"
+    );
+}

@@ -293,8 +293,11 @@ function worldWhy(w) {
   } else if (!w.isOnline && w.offlineReason) {
     line = str(w.offlineReason);
   }
+  const notice = w.lastNotice && typeof w.lastNotice === 'object' && w.lastNotice.text
+    ? el('p', { class: 'meta' }, 'Module notice: ', str(w.lastNotice.text), ' · ', when(w.lastNotice.at)) : null;
   return [
     line ? el('p', { class: 'why' + (w.isOnline ? ' warn' : '') }, line) : null,
+    notice,
     hist.length ? el('details', { class: 'meta history' },
       el('summary', {}, 'Connection history (' + hist.length + ')'),
       el('ul', {}, hist.slice().reverse().map((e) => el('li', {}, when(e.at), ': ', str(e.text))))) : null,

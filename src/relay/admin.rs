@@ -419,6 +419,7 @@ impl Relay {
                         let mut v = world_json(w, live);
                         // "Why is it offline?" (relay/history.rs).
                         v["history"] = self.history_json(&w.client_id);
+                        v["lastNotice"] = self.notice_json(&w.client_id);
                         if live.is_none() {
                             v["offlineReason"] = json!(self.why_offline(&w.client_id));
                         }

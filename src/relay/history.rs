@@ -204,6 +204,10 @@ pub(crate) struct History {
     worlds: HashMap<String, VecDeque<Entry>>,
     /// A close the relay decided (code, reason, who) for a link about to go.
     closing: HashMap<ConnId, (u16, String, By)>,
+    /// The close frame a link's peer sent (code, reason), for a close the relay did not decide.
+    peer_closes: HashMap<ConnId, (Option<u16>, String)>,
+    /// The module's last `module-notify` per world: when, and in words.
+    notices: HashMap<String, (u64, String)>,
 }
 
 impl History {
@@ -232,6 +236,20 @@ impl History {
         self.closing.insert(conn, (code, reason.to_string(), by));
     }
 
+    /// The module's side sent its close frame on `conn` (kept until the link goes).
+    pub(crate) fn note_peer_close(&mut self, conn: ConnId, code: Option<u16>, reason: &str) {
+        self.peer_closes.insert(conn, (code, reason.to_string()));
+    }
+
+    /// The module's last notice for a world (`module-notify`: a setting changed, …).
+    pub(crate) fn note_notice(&mut self, client_id: &str, at_ms: u64, text: String) {
+        self.notices.insert(client_id.to_string(), (at_ms, text));
+    }
+
+    pub(crate) fn notice(&self, client_id: &str) -> Option<&(u64, String)> {
+        self.notices.get(client_id)
+    }
+
     /// A world link went: closed by the relay (noted before) or else by the module's side.
     pub(crate) fn closed(
         &mut self,
@@ -241,9 +259,11 @@ impl History {
         silent: Duration,
         asleep_after: Duration,
     ) -> Entry {
-        let (code, reason, by) = match self.closing.remove(&conn) {
-            Some((c, r, b)) => (Some(c), r, b),
-            None => (None, String::new(), By::World),
+        let peer = self.peer_closes.remove(&conn);
+        let (code, reason, by) = match (self.closing.remove(&conn), peer) {
+            (Some((c, r, b)), _) => (Some(c), r, b),
+            (None, Some((c, r))) => (c, r, By::World),
+            (None, None) => (None, String::new(), By::World),
         };
         let event = LinkEvent::Closed {
             code,
@@ -265,6 +285,7 @@ impl History {
 
     pub(crate) fn forget_world(&mut self, client_id: &str) {
         self.worlds.remove(client_id);
+        self.notices.remove(client_id);
     }
 }
 
@@ -321,6 +342,14 @@ impl Relay {
     /// The world's link events, oldest first, for the admin API and the CLI.
     pub(crate) fn history_json(&self, client_id: &str) -> Value {
         Value::Array(self.history.of(client_id).map(Entry::to_json).collect())
+    }
+
+    /// The module's last `module-notify` for the world: `{at, text}`, or null.
+    pub(crate) fn notice_json(&self, client_id: &str) -> Value {
+        match self.history.notice(client_id) {
+            Some((at, text)) => json!({"at": at, "text": text}),
+            None => Value::Null,
+        }
     }
 
     /// Why `client_id` (paired, offline) is offline, in words.

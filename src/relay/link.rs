@@ -356,6 +356,17 @@ impl Relay {
             field("actor")
         );
         self.metrics.module_notices += 1;
+        if self.state.worlds.iter().any(|w| w.client_id == world) {
+            let mut words = field("details");
+            if words.is_empty() {
+                words = field("event");
+            }
+            if !field("actor").is_empty() {
+                words = format!("{words} (by {})", field("actor"));
+            }
+            let at = self.clock.ms(now);
+            self.history.note_notice(&world, at, words);
+        }
         // The module's own fields, nothing else (its `type` is the envelope's).
         let data = json!({
             "event": field("event"),

@@ -208,6 +208,11 @@ impl Relay {
                 Some(Role::Events) => self.events_message(conn, text, now, out),
                 Some(Role::Sse) | None => {}
             },
+            Input::PeerClose { conn, code, reason } => {
+                if self.worlds.by_conn_mut(conn).is_some() {
+                    self.history.note_peer_close(conn, code, &reason);
+                }
+            }
             Input::Closed { conn } => self.on_closed(conn, now, out),
             Input::Alive { conn } => {
                 if let Some(l) = self.worlds.by_conn_mut(conn) {
