@@ -32,6 +32,8 @@ if ! $CARGO afl fuzz -h 2>&1 | grep -q 'Required parameters'; then
 fi
 
 $CARGO fmt --check
+# The harness self-tests: every seed runs clean, the dispatcher harness reaches replies.
+$CARGO test --lib --locked
 $CARGO afl build --release --locked
 
 mkdir -p out
