@@ -374,12 +374,16 @@ struct Sim {
     key: String,
     token: String,
     world: ConnId,
+    /// A `/ws/api` client socket, authenticated with the key at the upgrade.
+    api: ConnId,
     next: usize,
     timers: Vec<(Instant, Timer)>,
     /// The `requestId` of the last message the relay sent to the world.
     last_request_id: String,
     /// Every HTTP status the relay answered with, in order (for the harness's own tests).
     statuses: Vec<u16>,
+    /// The `type` of every message sent to the `/ws/api` socket (for the same tests).
+    api_types: Vec<String>,
 }
 
 impl Sim {
@@ -409,13 +413,29 @@ impl Sim {
             key,
             token,
             world: conn(0),
+            api: conn(0),
             next: 10,
             timers: Vec::new(),
             last_request_id: String::new(),
             statuses: Vec::new(),
+            api_types: Vec::new(),
         };
         sim.connect_world();
+        sim.connect_api();
         sim
+    }
+
+    fn connect_api(&mut self) {
+        let c = self.conn();
+        let key = header("x-api-key", &self.key.clone());
+        let mut h = make_head(Method::Get, &format!("/ws/api?clientId={WORLD}"), vec![key]);
+        h.wants_upgrade = true;
+        self.input(Input::Upgrade {
+            conn: c,
+            peer: PEER,
+            head: &h,
+        });
+        self.api = c;
     }
 
     fn conn(&mut self) -> ConnId {
@@ -465,10 +485,13 @@ impl Sim {
                     };
                     // A WebSocket text frame must carry UTF-8 (RFC 6455 §5.6).
                     let text = std::str::from_utf8(bytes).expect("text payload is UTF-8");
-                    if *conn == self.world {
+                    if *conn == self.world || *conn == self.api {
                         let v: serde_json::Value =
-                            serde_json::from_str(text).expect("relay→module is JSON");
-                        if let Some(id) = v.get("requestId").and_then(|i| i.as_str()) {
+                            serde_json::from_str(text).expect("relay→socket is JSON");
+                        if *conn == self.api {
+                            let t = v.get("type").and_then(|t| t.as_str()).unwrap_or("");
+                            self.api_types.push(t.to_owned());
+                        } else if let Some(id) = v.get("requestId").and_then(|i| i.as_str()) {
                             self.last_request_id = id.to_owned();
                         }
                     }
@@ -522,6 +545,7 @@ impl Sim {
 ///   full-scope key;
 /// - `~N`: N seconds pass (due timers fire);
 /// - `#close`: the world link drops; `#auth`: a world link connects and authenticates;
+/// - `api <text>`: a message from a `/ws/api` client socket; `#api`: a new one connects;
 /// - anything else: a WebSocket text message from the world, with `@ID` replaced by the
 ///   `requestId` of the last message the relay sent to the world (so replies can match).
 pub fn module_dispatch(data: &[u8]) {
@@ -553,6 +577,14 @@ fn dispatch_run(data: &[u8]) -> Option<Sim> {
             sim.input(Input::Closed { conn: w });
         } else if line == "#auth" {
             sim.connect_world();
+        } else if line == "#api" {
+            sim.connect_api();
+        } else if let Some(msg) = line.strip_prefix("api ") {
+            let a = sim.api;
+            sim.input(Input::WsText {
+                conn: a,
+                text: msg.to_owned(),
+            });
         } else {
             let msg = line.replace("@ID", &sim.last_request_id);
             let w = sim.world;
@@ -560,8 +592,9 @@ fn dispatch_run(data: &[u8]) -> Option<Sim> {
         }
     }
     // Whatever happened, the world link can leave and every timer can run out cleanly.
-    let w = sim.world;
+    let (w, a) = (sim.world, sim.api);
     sim.input(Input::Closed { conn: w });
+    sim.input(Input::Closed { conn: a });
     sim.advance(Duration::from_secs(24 * 3600));
     Some(sim)
 }
@@ -748,9 +781,17 @@ mod tests {
     }
 
     /// The dispatcher harness reaches what it claims: a forwarded request, the module's reply
-    /// matched through `@ID`, a timeout after `~N`, a world that leaves.
+    /// matched through `@ID`, a timeout after `~N`, a world that leaves, a `/ws/api` request.
     #[test]
     fn dispatch_harness_reaches_replies_and_timeouts() {
+        let api = "api {\"type\":\"entity\",\"requestId\":\"c1\",\"uuid\":\"A\"}\n\
+                   {\"type\":\"entity-result\",\"requestId\":\"@ID\",\"data\":{}}";
+        let sim = dispatch_run(api.as_bytes()).expect("runs");
+        assert!(
+            sim.api_types.iter().any(|t| t == "entity-result"),
+            "{:?}",
+            sim.api_types
+        );
         let w = WORLD;
         let reply = format!(
             "GET /get?clientId={w}&uuid=A\n{{\"type\":\"get-result\",\"requestId\":\"@ID\",\"data\":{{}}}}"
