@@ -45,6 +45,13 @@ use world::{Meta, Worlds};
 /// How long bookkeeping changes wait before they are saved.
 const LAZY_PERSIST: Duration = Duration::from_secs(60);
 
+thread_local! {
+    /// The embedded route table, parsed once per thread: it never changes, and parsing it
+    /// costs more than a whole fuzz iteration of the relay (tests/fuzz `module_dispatch`)
+    /// or a typical unit test that builds a `Relay`.
+    static BUILTIN_ROUTES: std::rc::Rc<RouteTable> = std::rc::Rc::new(RouteTable::builtin());
+}
+
 /// Wall-clock milliseconds derived from the monotonic `now` passed in.
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {
@@ -112,7 +119,7 @@ impl Relay {
             gateway: gateway::Gateway::new(&cfg),
             cfg,
             state,
-            routes: std::rc::Rc::new(RouteTable::builtin()),
+            routes: BUILTIN_ROUTES.with(std::rc::Rc::clone),
             worlds: Worlds::new(),
             pending: Pending::new(),
             req_ids: RequestIds::new(),

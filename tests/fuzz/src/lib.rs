@@ -232,7 +232,19 @@ pub fn ws_handshake(data: &[u8]) {
         .header("x-allow")
         .map(|v| v.split(' ').map(str::to_owned).collect())
         .unwrap_or_default();
-    let _ = handshake::origin_allowed(head.header("origin"), head.header("host"), &allow);
+    let origin = head.header("origin");
+    let host = head.header("host");
+    let allowed = handshake::origin_allowed(origin, host, &allow);
+    // Same-origin (RFC 6454 §5): `http://<Host>` is always welcome without an allow-list.
+    if let (Some(host), true) = (host, allow.is_empty()) {
+        let plain = !host.is_empty() && !host.contains(['/', '?', '#', '@', ' ', '\t']);
+        if plain && origin == Some(format!("http://{host}").as_str()) {
+            assert!(allowed, "origin http://{host} refused for Host {host}");
+        }
+    }
+    if origin.is_none() {
+        assert!(allowed, "no Origin (not a browser) is always allowed");
+    }
 }
 
 /// What a server may write back while reading: pongs and close frames, unmasked, final, at
