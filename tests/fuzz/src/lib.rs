@@ -388,13 +388,15 @@ struct Sim {
     world: ConnId,
     /// A `/ws/api` client socket, authenticated with the key at the upgrade.
     api: ConnId,
+    /// The socket opened by the last `WS <target>` line (e.g. a `/ws/events` gateway).
+    sock: ConnId,
     next: usize,
     timers: Vec<(Instant, Timer)>,
     /// The `requestId` of the last message the relay sent to the world.
     last_request_id: String,
     /// Every HTTP status the relay answered with, in order (for the harness's own tests).
     statuses: Vec<u16>,
-    /// The `type` of every message sent to the `/ws/api` socket (for the same tests).
+    /// The `type` of every message sent to the `/ws/api` or `WS` socket (for the same tests).
     api_types: Vec<String>,
 }
 
@@ -426,6 +428,7 @@ impl Sim {
             token,
             world: conn(0),
             api: conn(0),
+            sock: conn(0),
             next: 10,
             timers: Vec::new(),
             last_request_id: String::new(),
@@ -438,16 +441,21 @@ impl Sim {
     }
 
     fn connect_api(&mut self) {
+        self.api = self.upgrade(&format!("/ws/api?clientId={WORLD}"));
+    }
+
+    /// A WebSocket upgrade with the full-scope key in `x-api-key`.
+    fn upgrade(&mut self, target: &str) -> ConnId {
         let c = self.conn();
         let key = header("x-api-key", &self.key.clone());
-        let mut h = make_head(Method::Get, &format!("/ws/api?clientId={WORLD}"), vec![key]);
+        let mut h = make_head(Method::Get, target, vec![key]);
         h.wants_upgrade = true;
         self.input(Input::Upgrade {
             conn: c,
             peer: PEER,
             head: &h,
         });
-        self.api = c;
+        c
     }
 
     fn conn(&mut self) -> ConnId {
@@ -497,10 +505,10 @@ impl Sim {
                     };
                     // A WebSocket text frame must carry UTF-8 (RFC 6455 §5.6).
                     let text = std::str::from_utf8(bytes).expect("text payload is UTF-8");
-                    if *conn == self.world || *conn == self.api {
+                    if [self.world, self.api, self.sock].contains(conn) {
                         let v: serde_json::Value =
                             serde_json::from_str(text).expect("relay→socket is JSON");
-                        if *conn == self.api {
+                        if *conn == self.api || *conn == self.sock {
                             let t = v.get("type").and_then(|t| t.as_str()).unwrap_or("");
                             self.api_types.push(t.to_owned());
                         } else if let Some(id) = v.get("requestId").and_then(|i| i.as_str()) {
@@ -558,6 +566,7 @@ impl Sim {
 /// - `~N`: N seconds pass (due timers fire);
 /// - `#close`: the world link drops; `#auth`: a world link connects and authenticates;
 /// - `api <text>`: a message from a `/ws/api` client socket; `#api`: a new one connects;
+/// - `WS /path?query`: a WebSocket upgrade with the key; `ws <text>`: a message on it;
 /// - anything else: a WebSocket text message from the world, with `@ID` replaced by the
 ///   `requestId` of the last message the relay sent to the world (so replies can match).
 pub fn module_dispatch(data: &[u8]) {
@@ -591,6 +600,14 @@ fn dispatch_run(data: &[u8]) -> Option<Sim> {
             sim.connect_world();
         } else if line == "#api" {
             sim.connect_api();
+        } else if let Some(target) = line.strip_prefix("WS ") {
+            sim.sock = sim.upgrade(target);
+        } else if let Some(msg) = line.strip_prefix("ws ") {
+            let s = sim.sock;
+            sim.input(Input::WsText {
+                conn: s,
+                text: msg.to_owned(),
+            });
         } else if let Some(msg) = line.strip_prefix("api ") {
             let a = sim.api;
             sim.input(Input::WsText {
@@ -604,9 +621,9 @@ fn dispatch_run(data: &[u8]) -> Option<Sim> {
         }
     }
     // Whatever happened, the world link can leave and every timer can run out cleanly.
-    let (w, a) = (sim.world, sim.api);
-    sim.input(Input::Closed { conn: w });
-    sim.input(Input::Closed { conn: a });
+    for c in [sim.world, sim.api, sim.sock] {
+        sim.input(Input::Closed { conn: c });
+    }
     sim.advance(Duration::from_secs(24 * 3600));
     Some(sim)
 }
@@ -793,7 +810,8 @@ mod tests {
     }
 
     /// The dispatcher harness reaches what it claims: a forwarded request, the module's reply
-    /// matched through `@ID`, a timeout after `~N`, a world that leaves, a `/ws/api` request.
+    /// matched through `@ID`, a timeout after `~N`, a world that leaves, a `/ws/api` request,
+    /// a `/ws/events` subscription.
     #[test]
     fn dispatch_harness_reaches_replies_and_timeouts() {
         let api = "api {\"type\":\"entity\",\"requestId\":\"c1\",\"uuid\":\"A\"}\n\
@@ -810,6 +828,15 @@ mod tests {
         );
         let sim = dispatch_run(reply.as_bytes()).expect("runs");
         assert_eq!(sim.statuses, vec![200], "the reply answers the GET");
+        let events = format!(
+            "WS /ws/events\nws {{\"type\":\"subscribe\",\"client_id\":\"{w}\",\"events\":[\"chat-events\"]}}"
+        );
+        let sim = dispatch_run(events.as_bytes()).expect("runs");
+        assert!(
+            sim.api_types.iter().any(|t| t == "snapshot"),
+            "{:?}",
+            sim.api_types
+        );
         let timeout = format!("GET /get?clientId={w}&uuid=A\n~1000");
         let sim = dispatch_run(timeout.as_bytes()).expect("runs");
         assert_eq!(sim.statuses, vec![408], "the request times out");
