@@ -46,7 +46,12 @@ for t in $FUZZ_TARGETS; do
     fi
     rm -rf "out/$t"
     echo "== fuzzing $t for ${FUZZ_SECONDS}s"
-    if ! $CARGO afl fuzz -i "corpus/$t" -o "out/$t" -V "$FUZZ_SECONDS" -t "$FUZZ_TIMEOUT_MS" \
+    # A dictionary of the tokens the target compares against (header names, message types,
+    # route parameters): AFL++ built without LLVM plugins cannot solve such comparisons.
+    dict=""
+    [ -f "dict/$t.dict" ] && dict="-x dict/$t.dict"
+    # shellcheck disable=SC2086 # $dict is empty or two words
+    if ! $CARGO afl fuzz -i "corpus/$t" -o "out/$t" $dict -V "$FUZZ_SECONDS" -t "$FUZZ_TIMEOUT_MS" \
         "target/release/$t" >"out/$t.log" 2>&1; then
         tail -20 "out/$t.log" >&2
         echo "afl-fuzz failed for $t; full log: tests/fuzz/out/$t.log" >&2
