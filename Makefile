@@ -13,13 +13,14 @@
 #   make screenshots  re-take the admin/pair page screenshots under docs/ (Chromium)
 #   make bench        benchmarks (BENCH_QUICK=1 for `make bench-quick`)
 #   make bench-compare URL=http://127.0.0.1:PORT KEY=... CLIENT_ID=fvtt_...
+#   make fuzz         AFL++ fuzz targets, FUZZ_SECONDS (default 60) each; not part of `make test`
 #   make clean        remove build output (never ./data)
 
 CARGO    ?= cargo
 LISTEN   ?= 127.0.0.1:3010
 DATA_DIR ?= ./data
 
-.PHONY: run test test-deps screenshots unit conformance lint fmt docs bench bench-quick bench-compare clean tools check-unit contract contract-deep contract-deps
+.PHONY: run test test-deps screenshots unit conformance lint fmt docs bench bench-quick bench-compare clean tools check-unit contract contract-deep contract-deps fuzz
 
 run:
 	$(CARGO) build --release
@@ -131,6 +132,14 @@ bench-compare:
 		{ echo "usage: make bench-compare URL=http://127.0.0.1:PORT KEY=<api key> CLIENT_ID=<clientId> [PID=<relay pid>]" >&2; exit 2; }
 	@echo "$(CARGO) bench --bench relay  (URL, KEY and CLIENT_ID from the environment)"
 	@$(BENCH_ULIMIT); $(CARGO) bench --bench relay
+
+# Coverage-guided fuzzing with cargo-afl (installed here when missing). tests/fuzz/run.sh sets
+# the AFL++ environment a container needs; it exits non-zero and lists the files when any
+# target found a crash or a hang. FUZZ_TARGETS="http_head chunked" picks targets.
+FUZZ_SECONDS ?= 60
+
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) CARGO=$(CARGO) tests/fuzz/run.sh
 
 clean:
 	$(CARGO) clean

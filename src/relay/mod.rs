@@ -45,6 +45,13 @@ use io::{Action, Input, Timer};
 use pending::Pending;
 use world::{Meta, Worlds};
 
+thread_local! {
+    /// The embedded route table, parsed once per thread: it never changes, and parsing it
+    /// costs more than a whole fuzz iteration of the relay (tests/fuzz `module_dispatch`)
+    /// or a typical unit test that builds a `Relay`.
+    static BUILTIN_ROUTES: std::rc::Rc<RouteTable> = std::rc::Rc::new(RouteTable::builtin());
+}
+
 /// Wall-clock milliseconds derived from the monotonic `now` passed in.
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {
@@ -115,7 +122,7 @@ impl Relay {
             history: history::History::new(cfg.world_history),
             cfg,
             state,
-            routes: std::rc::Rc::new(RouteTable::builtin()),
+            routes: BUILTIN_ROUTES.with(std::rc::Rc::clone),
             worlds: Worlds::new(),
             pending: Pending::new(),
             req_ids: RequestIds::new(),
