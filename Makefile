@@ -6,16 +6,22 @@
 #   make conformance  full Autobahn run (301 cases) against a release build
 #   make lint         rustfmt check and clippy with warnings as errors
 #   make fmt          format the code
-#   make docs         regenerate docs/CONFIG.md from src/config.rs
+#   make docs         regenerate docs/CONFIG.md and deploy/fvtt-relay.default from src/config.rs
 #   make bench        benchmarks (BENCH_QUICK=1 for `make bench-quick`)
 #   make bench-compare URL=http://127.0.0.1:PORT KEY=... CLIENT_ID=fvtt_...
 #   make clean        remove build output (never ./data)
+#   make pi           stripped release binaries for the Raspberry Pi in target/pi-bin/ (cross-built)
+#   make pi-test      the whole test suite built for aarch64 and armv7, run under qemu-user
+#   make pi-smoke     aarch64 build under qemu: start, /api/health, a key, SIGTERM (in make test)
+#   make deb          Debian packages (arm64, armhf, amd64) in target/debian/
+#   make deb-check    the amd64 package: contents, modes, conffiles, lintian (in make test)
 
 CARGO    ?= cargo
 LISTEN   ?= 127.0.0.1:3010
 DATA_DIR ?= ./data
 
 .PHONY: run test test-deps unit conformance lint fmt docs bench bench-quick bench-compare clean tools
+.PHONY: pi pi-deps pi-test pi-smoke deb deb-deps deb-check
 
 run:
 	$(CARGO) build --release
@@ -23,6 +29,7 @@ run:
 
 test: lint test-deps unit
 	scripts/conformance.sh --quick
+	$(MAKE) --no-print-directory pi-smoke deb-check
 
 # The admin page's browser test needs Chromium (Debian's package). Installed here when we can
 # (root, apt); otherwise tests/admin_browser.rs tries itself and, failing that, says SKIPPED.
@@ -62,7 +69,7 @@ fmt: tools
 	$(CARGO) fmt --all
 
 docs:
-	FVTT_RELAY_WRITE_DOCS=1 $(CARGO) test --lib config::tests::config_md_is_current
+	FVTT_RELAY_WRITE_DOCS=1 $(CARGO) test --lib -- config::tests::config_md_is_current config::tests::env_file_is_current
 
 # The bench opens up to 10,000 idle sockets on each side of loopback: raise the soft
 # descriptor limit (ulimit -n 65536, or the hard limit when that is lower) for it and the relay
@@ -87,3 +94,68 @@ bench-compare:
 
 clean:
 	$(CARGO) clean
+
+# ---- Raspberry Pi: cross builds, the suite under qemu-user, Debian packages ----------------
+# Cross linkers per target, given as environment variables here rather than in
+# .cargo/config.toml, which would also apply on a Pi building for itself.
+PI_ENV = CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+	CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_LINKER=arm-linux-gnueabihf-gcc \
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=aarch64-linux-gnu-gcc
+PI_TARGETS = aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-musl
+
+# Cross compilers, qemu-user and the Rust standard libraries for the Pi targets.
+pi-deps:
+	@scripts/apt-install.sh crossbuild-essential-arm64 crossbuild-essential-armhf qemu-user binfmt-support
+	@for t in $(PI_TARGETS); do rustup target list --installed | grep -qx $$t || rustup target add $$t; done
+
+# target/pi-bin/ gets one file per kind of Pi OS (README.md, "Install on a Raspberry Pi"). The
+# static armv7 build links glibc statically (crt-static), in its own target dir so that its
+# flags do not mix with the dynamic build's.
+pi: pi-deps
+	$(PI_ENV) $(CARGO) build --profile pi --target aarch64-unknown-linux-gnu
+	$(PI_ENV) $(CARGO) build --profile pi --target armv7-unknown-linux-gnueabihf
+	$(PI_ENV) $(CARGO) build --profile pi --target aarch64-unknown-linux-musl
+	$(PI_ENV) CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_RUSTFLAGS="-C target-feature=+crt-static" \
+		$(CARGO) build --profile pi --target armv7-unknown-linux-gnueabihf --target-dir target/static
+	@mkdir -p target/pi-bin
+	cp target/aarch64-unknown-linux-gnu/pi/fvtt-relay target/pi-bin/fvtt-relay-aarch64-gnu
+	cp target/armv7-unknown-linux-gnueabihf/pi/fvtt-relay target/pi-bin/fvtt-relay-armv7-gnueabihf
+	cp target/aarch64-unknown-linux-musl/pi/fvtt-relay target/pi-bin/fvtt-relay-aarch64-static
+	cp target/static/armv7-unknown-linux-gnueabihf/pi/fvtt-relay target/pi-bin/fvtt-relay-armv7-static
+	@scripts/pi-report.sh target/pi-bin/fvtt-relay-*
+
+# The whole suite (lib, bins, integration tests) for each ARM target under qemu-user, with
+# speed-only limits stretched by PI_TIME_FACTOR (tests/support/server.rs).
+PI_TIME_FACTOR ?= 8
+pi-test: pi-deps
+	$(PI_ENV) FVTT_TEST_TIME_FACTOR=$(PI_TIME_FACTOR) scripts/pi-test.sh aarch64-unknown-linux-gnu
+	$(PI_ENV) FVTT_TEST_TIME_FACTOR=$(PI_TIME_FACTOR) scripts/pi-test.sh armv7-unknown-linux-gnueabihf
+
+# The aarch64 release binary under qemu-user: start, GET /api/health, create a key with the
+# CLI, SIGTERM, exit 0. The quick ARM check that make test runs.
+pi-smoke: pi-deps
+	$(PI_ENV) $(CARGO) build --profile pi --target aarch64-unknown-linux-gnu
+	scripts/pi-smoke.sh target/aarch64-unknown-linux-gnu/pi/fvtt-relay
+
+# cargo-deb and the tools the packages are checked with.
+deb-deps:
+	@scripts/apt-install.sh dpkg-dev lintian
+	@$(CARGO) deb --version >/dev/null 2>&1 || $(CARGO) install cargo-deb --locked
+
+# target/debian/fvtt-relay_VERSION-1_{arm64,armhf,amd64}.deb, from the pi profile. Depends
+# comes from dpkg-shlibdeps ($auto in Cargo.toml); for the ARM packages it reads the ARM libc's
+# symbols files, installed through multiarch (scripts/deb-cross-libc.sh), with the wrapper in
+# scripts/deb-tools/ keeping it off the cross toolchain's copy.
+DEB_CROSS = $(PI_ENV) PATH="$(CURDIR)/scripts/deb-tools:$$PATH"
+deb: pi-deps deb-deps
+	@scripts/deb-cross-libc.sh
+	$(CARGO) deb --profile pi --no-strip
+	$(DEB_CROSS) $(CARGO) deb --profile pi --no-strip --target aarch64-unknown-linux-gnu
+	$(DEB_CROSS) $(CARGO) deb --profile pi --no-strip --target armv7-unknown-linux-gnueabihf
+	@for d in target/debian/fvtt-relay_*_amd64.deb target/debian/fvtt-relay_*_arm64.deb target/debian/fvtt-relay_*_armhf.deb; do \
+		scripts/deb-check.sh $$d || exit 1; done
+
+# The amd64 package, checked (scripts/deb-check.sh): what make test runs.
+deb-check: deb-deps
+	$(CARGO) deb --profile pi --no-strip
+	scripts/deb-check.sh target/debian/fvtt-relay_*_amd64.deb
