@@ -123,6 +123,7 @@ pi: pi-deps
 	cp target/aarch64-unknown-linux-musl/pi/fvtt-relay target/pi-bin/fvtt-relay-aarch64-static
 	cp target/static/armv7-unknown-linux-gnueabihf/pi/fvtt-relay target/pi-bin/fvtt-relay-armv7-static
 	@scripts/pi-report.sh target/pi-bin/fvtt-relay-*
+	@for f in target/pi-bin/fvtt-relay-*; do scripts/pi-smoke.sh $$f || exit 1; done
 
 # The whole suite (lib, bins, integration tests) for each ARM target under qemu-user, with
 # speed-only limits stretched by PI_TIME_FACTOR (tests/support/server.rs).

@@ -2,7 +2,8 @@
 # Checks a built fvtt-relay .deb without installing it on this machine: unpacks it into a
 # throwaway root (dpkg-deb -x) and checks its file list, modes, owners, conffiles, control
 # fields, maintainer scripts, that the unit and /etc/default file are the ones in deploy/,
-# and that lintian reports no errors. For an amd64 package on amd64 it also runs the binary.
+# and that lintian reports no errors. For a package of this machine's architecture it also
+# runs the binary and the maintainer scripts (scripts/deb-lifecycle.sh).
 #   scripts/deb-check.sh target/debian/fvtt-relay_0.1.0-1_amd64.deb
 set -euo pipefail
 deb=${1:?usage: deb-check.sh PACKAGE.deb}
@@ -27,7 +28,7 @@ want=$(printf '%s\n' \
     "./$unit" \
     ./usr/bin/fvtt-relay \
     ./usr/share/doc/fvtt-relay/README.md \
-    ./usr/share/doc/fvtt-relay/changelog.gz \
+    ./usr/share/doc/fvtt-relay/changelog.Debian.gz \
     ./usr/share/doc/fvtt-relay/copyright \
     ./usr/share/doc/fvtt-relay/deploy/Caddyfile \
     ./usr/share/doc/fvtt-relay/deploy/README.md \
@@ -38,10 +39,10 @@ have=$(cd "$work/root" && find . -type f -o -type l | sort)
 
 # Modes and owners as dpkg will install them (the archive's, not the unpacked copy's).
 listing=$(dpkg-deb -c "$deb")
-mode_of() { awk -v f="./$1" '$6 == f { print $1 " " $2 }' <<<"$listing"; }
-[ "$(mode_of usr/bin/fvtt-relay)" = "-rwxr-xr-x root/root" ] || bad "usr/bin/fvtt-relay: $(mode_of usr/bin/fvtt-relay), want 0755 root/root"
-[ "$(mode_of etc/default/fvtt-relay)" = "-rw-r--r-- root/root" ] || bad "etc/default/fvtt-relay: $(mode_of etc/default/fvtt-relay), want 0644 root/root"
-[ "$(mode_of "$unit")" = "-rw-r--r-- root/root" ] || bad "$unit: $(mode_of "$unit"), want 0644 root/root"
+mode_of() { awk -v f="./$1" '$6 == f { sub("^root/root$", "0/0", $2); print $1 " " $2 }' <<<"$listing"; }
+[ "$(mode_of usr/bin/fvtt-relay)" = "-rwxr-xr-x 0/0" ] || bad "usr/bin/fvtt-relay: $(mode_of usr/bin/fvtt-relay), want 0755 root/root"
+[ "$(mode_of etc/default/fvtt-relay)" = "-rw-r--r-- 0/0" ] || bad "etc/default/fvtt-relay: $(mode_of etc/default/fvtt-relay), want 0644 root/root"
+[ "$(mode_of "$unit")" = "-rw-r--r-- 0/0" ] || bad "$unit: $(mode_of "$unit"), want 0644 root/root"
 
 # Conffiles: the settings file, and nothing else.
 [ "$(cat "$work/DEBIAN/conffiles" 2>/dev/null)" = "/etc/default/fvtt-relay" ] ||
@@ -52,6 +53,11 @@ cmp -s "$work/root/$unit" deploy/fvtt-relay.service || bad "the unit differs fro
 cmp -s "$work/root/etc/default/fvtt-relay" deploy/fvtt-relay.default ||
     bad "/etc/default/fvtt-relay differs from deploy/fvtt-relay.default"
 grep -q '^ExecStart=/usr/bin/fvtt-relay ' "$work/root/$unit" || bad "the unit does not start /usr/bin/fvtt-relay"
+
+# The changelog's newest entry is this version.
+version=$(dpkg-deb -f "$deb" Version)
+top=$(zcat "$work/root/usr/share/doc/fvtt-relay/changelog.Debian.gz" 2>/dev/null | head -n1)
+[[ "$top" == "fvtt-relay ($version) "* ]] || bad "changelog starts '$top', want version $version (deploy/debian/changelog)"
 
 # Control: Depends computed from the binary (libc6 with a version), maintainer scripts.
 depends=$(dpkg-deb -f "$deb" Depends)
@@ -70,6 +76,8 @@ done
 # The binary itself, where it can run here.
 if [ "$arch" = "$(dpkg --print-architecture)" ]; then
     "$work/root/usr/bin/fvtt-relay" --help | grep -q FVTT_RELAY_LISTEN || bad "fvtt-relay --help failed"
+    # The maintainer scripts through install, upgrade, remove and purge.
+    scripts/deb-lifecycle.sh "$deb" || bad "maintainer scripts (scripts/deb-lifecycle.sh)"
 fi
 
 # lintian: no errors (warnings are listed in README.md).
