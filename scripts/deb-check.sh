@@ -56,7 +56,7 @@ grep -q '^ExecStart=/usr/bin/fvtt-relay ' "$work/root/$unit" || bad "the unit do
 
 # The changelog's newest entry is this version.
 version=$(dpkg-deb -f "$deb" Version)
-top=$(zcat "$work/root/usr/share/doc/fvtt-relay/changelog.Debian.gz" 2>/dev/null | head -n1)
+top=$(zcat "$work/root/usr/share/doc/fvtt-relay/changelog.Debian.gz" 2>/dev/null | head -n1 || true)
 [[ "$top" == "fvtt-relay ($version) "* ]] || bad "changelog starts '$top', want version $version (deploy/debian/changelog)"
 
 # Control: Depends computed from the binary (libc6 with a version), maintainer scripts.

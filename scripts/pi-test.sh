@@ -18,10 +18,15 @@ export "CARGO_TARGET_${upper}_RUNNER=$qemu"
 export QEMU_LD_PREFIX=$sysroot
 export FVTT_TEST_RUNNER=$qemu
 export FVTT_TEST_TIME_FACTOR=${FVTT_TEST_TIME_FACTOR:-8}
+# Emulated tests spend most of their time waiting on sockets and timers: run more at once
+# than there are cores.
+threads=${PI_TEST_THREADS:-4}
 echo "pi-test: $target under $qemu (time factor $FVTT_TEST_TIME_FACTOR)"
 cargo=${CARGO:-cargo}
 if $cargo nextest --version >/dev/null 2>&1; then
-    exec $cargo nextest run --cargo-profile pi-test --target "$target" --lib --bins --tests "$@"
+    exec $cargo nextest run --cargo-profile pi-test --target "$target" --lib --bins --tests \
+        --test-threads "$threads" "$@"
 else
-    exec $cargo test --profile pi-test --target "$target" --lib --bins --tests "$@"
+    exec $cargo test --profile pi-test --target "$target" --lib --bins --tests "$@" \
+        -- --test-threads "$threads"
 fi
