@@ -11,6 +11,11 @@ case "$(readelf -h "$bin" | sed -n 's/^ *Machine: *//p')" in
     *) echo "pi-smoke: $bin is not an ARM binary" >&2; exit 2 ;;
 esac
 export QEMU_LD_PREFIX=$sysroot
+# The guest's libraries from the same sysroot as its loader: with QEMU_LD_PREFIX alone, a
+# path missing there falls back to the host's, and where the ARM libc is also installed
+# through multiarch (make deb) the loader of one glibc build would load the libc of
+# another, which hangs in pthread_create.
+export QEMU_SET_ENV=LD_LIBRARY_PATH=$sysroot/lib
 work=$(mktemp -d)
 pid=
 cleanup() {
