@@ -55,10 +55,11 @@ run postinst configure
 grep -q 'admin-key --data-dir /var/lib/fvtt-relay' <<<"$out" || fail "postinst does not say how to see the admin key: $out"
 
 # First start (systemd's job on a real system): the relay writes the admin key.
-"$bin" --listen 127.0.0.1:0 --data-dir /var/lib/fvtt-relay >/dev/null 2>&1 &
+# Its ready line comes once it listens, with its signal handlers in place.
+"$bin" --listen 127.0.0.1:0 --data-dir /var/lib/fvtt-relay >"$WORK/stdout" 2>&1 &
 pid=$!
-for _ in $(seq 1 100); do
-    [ -s "$state/admin.key" ] && [ -s "$state/state.json" ] && break
+for _ in $(seq 1 200); do
+    grep -q '^fvtt-relay listening on' "$WORK/stdout" && break
     sleep 0.1
 done
 kill -TERM "$pid"
