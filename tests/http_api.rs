@@ -356,11 +356,7 @@ fn binary_routes_decode_the_module_payload() {
 
 #[test]
 fn multi_mib_download_arrives_intact() {
-    // 8 MiB is queued at once, so the reader must drain it within --slow-consumer-grace
-    // (10 s): stretched for slow runs (an emulated reader on a loaded machine), as this test
-    // is about the bytes, not the speed.
-    let grace = format!("{}s", 10 * time_factor());
-    let p = start_provisioned(&["--slow-consumer-grace", &grace]);
+    let p = start_provisioned(&[]);
     let world = p.world();
     world.set_download_mib(8);
     let conn_timeout = secs(60);
