@@ -127,9 +127,12 @@ pi: pi-deps
 # The whole suite (lib, bins, integration tests) for each ARM target under qemu-user, with
 # speed-only limits stretched by PI_TIME_FACTOR (tests/support/server.rs).
 PI_TIME_FACTOR ?= 8
+# Both targets run to the end, every test (--no-fail-fast); it fails if either had a failure.
 pi-test: pi-deps
-	$(PI_ENV) FVTT_TEST_TIME_FACTOR=$(PI_TIME_FACTOR) scripts/pi-test.sh aarch64-unknown-linux-gnu
-	$(PI_ENV) FVTT_TEST_TIME_FACTOR=$(PI_TIME_FACTOR) scripts/pi-test.sh armv7-unknown-linux-gnueabihf
+	@export $(PI_ENV) FVTT_TEST_TIME_FACTOR=$(PI_TIME_FACTOR); status=0; \
+	for t in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do \
+		scripts/pi-test.sh $$t --no-fail-fast || status=1; \
+	done; exit $$status
 
 # The aarch64 release binary under qemu-user: start, GET /api/health, create a key with the
 # CLI, SIGTERM, exit 0. The quick ARM check that make test runs; SKIPPED (and passing) on a
