@@ -7,7 +7,7 @@
 #   make lint         rustfmt check and clippy with warnings as errors
 #   make check-unit   systemd-analyze verify + security score of deploy/fvtt-relay.service
 #   make fmt          format the code
-#   make docs         regenerate docs/CONFIG.md from src/config.rs
+#   make docs         regenerate docs/CONFIG.md and deploy/fvtt-relay.default from src/config.rs
 #   make contract     the API contract check (schemathesis against /openapi.json)
 #   make contract-deep the same with more examples per operation
 #   make screenshots  re-take the admin/pair page screenshots under docs/ (Chromium)
@@ -15,12 +15,18 @@
 #   make bench-compare URL=http://127.0.0.1:PORT KEY=... CLIENT_ID=fvtt_...
 #   make fuzz         AFL++ fuzz targets, FUZZ_SECONDS (default 60) each; not part of `make test`
 #   make clean        remove build output (never ./data)
+#   make pi           stripped release binaries for the Raspberry Pi in target/pi-bin/ (cross-built)
+#   make pi-test      the whole test suite built for aarch64 and armv7, run under qemu-user
+#   make pi-smoke     aarch64 build under qemu: start, /api/health, a key, SIGTERM (in make test)
+#   make deb          Debian packages (arm64, armhf, amd64) in target/debian/
+#   make deb-check    the amd64 package: contents, modes, conffiles, lintian (in make test)
 
 CARGO    ?= cargo
 LISTEN   ?= 127.0.0.1:3010
 DATA_DIR ?= ./data
 
 .PHONY: run test test-deps screenshots unit conformance lint fmt docs bench bench-quick bench-compare clean tools check-unit contract contract-deep contract-deps fuzz
+.PHONY: pi pi-deps pi-test pi-smoke deb deb-deps deb-check
 
 run:
 	$(CARGO) build --release
@@ -28,6 +34,7 @@ run:
 
 test: lint test-deps contract-deps unit check-unit
 	scripts/conformance.sh --quick
+	$(MAKE) --no-print-directory pi-smoke deb-check
 
 # deploy/fvtt-relay.service must load in systemd and keep its hardening. `verify` checks
 # that ExecStart's program exists, so it runs on a copy whose ExecStart names the binary
@@ -110,7 +117,7 @@ fmt: tools
 	$(CARGO) fmt --all
 
 docs:
-	FVTT_RELAY_WRITE_DOCS=1 $(CARGO) test --lib config::tests::config_md_is_current
+	FVTT_RELAY_WRITE_DOCS=1 $(CARGO) test --lib -- config::tests::config_md_is_current config::tests::env_file_is_current
 
 # The bench opens up to 10,000 idle sockets on each side of loopback: raise the soft
 # descriptor limit (ulimit -n 65536, or the hard limit when that is lower) for it and the relay
@@ -169,3 +176,83 @@ contract: contract-deps
 
 contract-deep: contract-deps
 	CONTRACT_MAX_EXAMPLES=50 $(CARGO) test --test contract -- --nocapture
+
+# ---- Raspberry Pi: cross builds, the suite under qemu-user, Debian packages ----------------
+# Cross linkers per target, given as environment variables here rather than in
+# .cargo/config.toml, which would also apply on a Pi building for itself.
+PI_ENV = CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+	CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_LINKER=arm-linux-gnueabihf-gcc \
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=aarch64-linux-gnu-gcc
+PI_TARGETS = aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-musl
+
+# Cross compilers, qemu-user and the Rust standard libraries for the Pi targets.
+pi-deps:
+	@scripts/pi-deps.sh $(PI_TARGETS)
+
+# target/pi-bin/ gets one file per kind of Pi OS (README.md, "Install on a Raspberry Pi"). The
+# static armv7 build links glibc statically (crt-static), in its own target dir so that its
+# flags do not mix with the dynamic build's.
+pi: pi-deps
+	$(PI_ENV) $(CARGO) build --profile pi --target aarch64-unknown-linux-gnu
+	$(PI_ENV) $(CARGO) build --profile pi --target armv7-unknown-linux-gnueabihf
+	$(PI_ENV) $(CARGO) build --profile pi --target aarch64-unknown-linux-musl
+	$(PI_ENV) CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_RUSTFLAGS="-C target-feature=+crt-static" \
+		$(CARGO) build --profile pi --target armv7-unknown-linux-gnueabihf --target-dir target/static
+	@mkdir -p target/pi-bin
+	cp target/aarch64-unknown-linux-gnu/pi/fvtt-relay target/pi-bin/fvtt-relay-aarch64-gnu
+	cp target/armv7-unknown-linux-gnueabihf/pi/fvtt-relay target/pi-bin/fvtt-relay-armv7-gnueabihf
+	cp target/aarch64-unknown-linux-musl/pi/fvtt-relay target/pi-bin/fvtt-relay-aarch64-static
+	cp target/static/armv7-unknown-linux-gnueabihf/pi/fvtt-relay target/pi-bin/fvtt-relay-armv7-static
+	@scripts/pi-report.sh target/pi-bin/fvtt-relay-*
+	@for f in target/pi-bin/fvtt-relay-*; do scripts/pi-smoke.sh $$f || exit 1; done
+
+# The whole suite (lib, bins, integration tests) for each ARM target under qemu-user, with
+# speed-only limits stretched by PI_TIME_FACTOR (tests/support/server.rs).
+PI_TIME_FACTOR ?= 8
+# Both targets run to the end, every test (--no-fail-fast); it fails if either had a failure.
+pi-test: pi-deps
+	@export $(PI_ENV) FVTT_TEST_TIME_FACTOR=$(PI_TIME_FACTOR); status=0; \
+	for t in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do \
+		scripts/pi-test.sh $$t --no-fail-fast || status=1; \
+	done; exit $$status
+
+# The aarch64 release binary under qemu-user: start, GET /api/health, create a key with the
+# CLI, SIGTERM, exit 0. The quick ARM check that make test runs; SKIPPED (and passing) on a
+# machine where the cross tools or the target's standard library cannot be installed.
+pi-smoke:
+	@if scripts/pi-deps.sh aarch64-unknown-linux-gnu; then \
+		echo "$(CARGO) build --profile pi --target aarch64-unknown-linux-gnu"; \
+		$(PI_ENV) $(CARGO) build --profile pi --target aarch64-unknown-linux-gnu && \
+		scripts/pi-smoke.sh target/aarch64-unknown-linux-gnu/pi/fvtt-relay; \
+	else \
+		echo "pi-smoke: SKIPPED (the aarch64 cross tools could not be installed here)"; \
+	fi
+
+# cargo-deb and the tools the packages are checked with.
+deb-deps:
+	@scripts/apt-install.sh dpkg-dev lintian
+	@$(CARGO) deb --version >/dev/null 2>&1 || $(CARGO) install cargo-deb --locked
+
+# target/debian/fvtt-relay_VERSION-1_{arm64,armhf,amd64}.deb, from the pi profile. Depends
+# comes from dpkg-shlibdeps ($auto in Cargo.toml); for the ARM packages it reads the ARM libc's
+# symbols files, installed through multiarch (scripts/deb-cross-libc.sh), with the wrapper in
+# scripts/deb-tools/ keeping it off the cross toolchain's copy.
+DEB_CROSS = $(PI_ENV) PATH="$(CURDIR)/scripts/deb-tools:$$PATH"
+deb: pi-deps deb-deps
+	@scripts/deb-cross-libc.sh
+	$(CARGO) deb --profile pi --no-strip
+	$(DEB_CROSS) $(CARGO) deb --profile pi --no-strip --target aarch64-unknown-linux-gnu
+	$(DEB_CROSS) $(CARGO) deb --profile pi --no-strip --target armv7-unknown-linux-gnueabihf
+	@for d in target/debian/fvtt-relay_*_amd64.deb target/debian/fvtt-relay_*_arm64.deb target/debian/fvtt-relay_*_armhf.deb; do \
+		scripts/deb-check.sh $$d || exit 1; done
+
+# The amd64 package, checked (scripts/deb-check.sh): what make test runs; SKIPPED (and
+# passing) where cargo-deb or lintian cannot be installed (not root, say).
+deb-check:
+	@if $(MAKE) --no-print-directory deb-deps; then \
+		echo "$(CARGO) deb --profile pi --no-strip"; \
+		$(CARGO) deb --profile pi --no-strip && \
+		scripts/deb-check.sh target/debian/fvtt-relay_*_amd64.deb; \
+	else \
+		echo "deb-check: SKIPPED (cargo-deb, dpkg-dev or lintian could not be installed here)"; \
+	fi

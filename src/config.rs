@@ -690,6 +690,57 @@ pub fn markdown_table() -> String {
     out
 }
 
+/// The text of `/etc/default/fvtt-relay`, the Debian package's settings file
+/// (deploy/fvtt-relay.default, read by the unit's `EnvironmentFile=`): every option's
+/// variable, commented out with its default, under its description. Generated, like
+/// docs/CONFIG.md, so that it cannot fall behind the options (`make docs`).
+pub fn env_file() -> String {
+    let mut out = String::from(
+        "# /etc/default/fvtt-relay: settings of the fvtt-relay service. systemd reads this file\n\
+         # when it starts the relay (EnvironmentFile= in fvtt-relay.service).\n\
+         #\n\
+         # Every option of the relay is an environment variable, listed below commented out\n\
+         # with its default. To change one, remove the '#' in front of it, edit the value,\n\
+         # then run: sudo systemctl restart fvtt-relay\n\
+         # An empty value counts as unset. Sizes are bytes or a number with a K, M or G suffix\n\
+         # (multiples of 1024); durations are 500ms, 10s, 5m, 1h or plain seconds. A bad value\n\
+         # stops the relay at start-up with a message naming the option (journalctl -u\n\
+         # fvtt-relay). `fvtt-relay --help` and /usr/share/doc/fvtt-relay/docs/CONFIG.md list\n\
+         # the same options.\n\
+         #\n\
+         # The unit passes --listen 0.0.0.0:3010 and --data-dir /var/lib/fvtt-relay as flags,\n\
+         # and flags win over variables, so FVTT_RELAY_LISTEN and FVTT_RELAY_DATA_DIR have no\n\
+         # effect here: change those two by replacing ExecStart (sudo systemctl edit\n\
+         # fvtt-relay; see /usr/share/doc/fvtt-relay/deploy/README.md).\n\
+         #\n\
+         # Generated from src/config.rs by `make docs`; do not edit the copy in the source tree\n\
+         # by hand.\n",
+    );
+    let mut section = "";
+    for s in OPTIONS {
+        if s.section != section {
+            section = s.section;
+            let _ = write!(out, "\n# ---- {section} ----\n");
+        }
+        out.push('\n');
+        let text = format!("{} ({}; {})", s.help(), s.flag(), s.unit);
+        let mut line = String::from("#");
+        for word in text.split_whitespace() {
+            if line.len() + 1 + word.len() > 90 && line.len() > 1 {
+                out.push_str(&line);
+                out.push('\n');
+                line = String::from("#");
+            }
+            line.push(' ');
+            line.push_str(word);
+        }
+        out.push_str(&line);
+        out.push('\n');
+        let _ = writeln!(out, "#{}={}", s.env(), s.default);
+    }
+    out
+}
+
 // ---- value syntaxes: one module per `Kind`, each with parse, show and KIND ----
 
 mod addr {
@@ -1376,6 +1427,33 @@ mod tests {
 
     /// docs/CONFIG.md is generated; regenerate with `make docs`
     /// (`FVTT_RELAY_WRITE_DOCS=1 cargo test --lib config::tests::config_md_is_current`).
+    /// deploy/fvtt-relay.default (the Debian package's /etc/default/fvtt-relay) matches
+    /// `env_file()`: every option, its variable and its default (`make docs` rewrites it).
+    #[test]
+    fn env_file_is_current() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/fvtt-relay.default");
+        let want = env_file();
+        if std::env::var_os("FVTT_RELAY_WRITE_DOCS").is_some() {
+            std::fs::write(&path, &want).unwrap();
+        }
+        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            have == want,
+            "deploy/fvtt-relay.default is out of date with src/config.rs; regenerate it with \
+             `make docs`"
+        );
+        // Every option appears once, commented out, with its default.
+        for s in OPTIONS {
+            let line = format!("#{}={}", s.env(), s.default);
+            assert_eq!(want.lines().filter(|l| *l == line).count(), 1, "{line}");
+        }
+        assert!(
+            want.lines().all(|l| l.is_empty() || l.starts_with('#')),
+            "only comments"
+        );
+    }
+
     #[test]
     fn config_md_is_current() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/CONFIG.md");

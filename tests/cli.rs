@@ -5,10 +5,10 @@ mod support;
 use support::*;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn cli(dir: &Path, args: &[&str]) -> Output {
-    let out = Command::new(relay_binary())
+    let out = relay_command()
         .args(args)
         .arg("--data-dir")
         .arg(dir)

@@ -25,7 +25,7 @@ fn head_of_len(len: usize) -> Vec<u8> {
 
 #[test]
 fn every_limit_option_is_documented_in_help() {
-    let out = std::process::Command::new(relay_binary())
+    let out = relay_command()
         .arg("--help")
         .output()
         .unwrap_or_else(|e| panic!("cannot run --help: {e}"));

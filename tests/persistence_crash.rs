@@ -19,6 +19,31 @@ const READY: &str = "CRASH_CHILD_READY";
 const COUNTER_WORLD: &str = "fvtt_counter";
 const ROUNDS: u32 = 20;
 
+/// A `Command` re-running this test binary. Under `make pi-test` it is ARM code that cargo
+/// starts through qemu-user; `FVTT_TEST_RUNNER` names that emulator (tests/support/server.rs),
+/// and the child needs it just the same.
+fn self_command(exe: &Path) -> Command {
+    let runner = std::env::var("FVTT_TEST_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    match words.next() {
+        Some(emulator) => {
+            let mut cmd = Command::new(emulator);
+            cmd.args(words).arg(exe);
+            cmd
+        }
+        None => Command::new(exe),
+    }
+}
+
+/// `FVTT_TEST_TIME_FACTOR` (tests/support/server.rs): how much slower this run may be.
+fn time_factor() -> u32 {
+    std::env::var("FVTT_TEST_TIME_FACTOR")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|&f| f > 0)
+        .unwrap_or(1)
+}
+
 fn counter(store: &Store) -> u64 {
     store
         .state()
@@ -94,7 +119,7 @@ fn state_survives_kill_9_at_random_moments() {
     let exe = std::env::current_exe().expect("test executable");
     let mut last = 0;
     for round in 0..ROUNDS {
-        let mut child = Command::new(&exe)
+        let mut child = self_command(&exe)
             .args([
                 "--exact",
                 "crash_child_writer",
@@ -121,7 +146,7 @@ fn state_survives_kill_9_at_random_moments() {
                 }
             }
         });
-        let ready = rx.recv_timeout(Duration::from_secs(5));
+        let ready = rx.recv_timeout(Duration::from_secs(5) * time_factor());
         // A random moment inside the save loop: saves take a few ms each.
         std::thread::sleep(Duration::from_micros(random_below(15_000)));
         child.kill().expect("kill -9");
@@ -145,7 +170,7 @@ fn state_survives_kill_9_at_random_moments() {
     let _reopen = Store::open(&dir.0).expect("final open");
     assert!(!dir.0.join("state.json.tmp").exists());
     assert!(
-        start.elapsed() < Duration::from_secs(10),
+        start.elapsed() < Duration::from_secs(10) * time_factor(),
         "took {:?}",
         start.elapsed()
     );

@@ -5,6 +5,7 @@
 //! |------|------|------------|
 //! | `Relay::start(args)`, `Relay::start_in(dir, args)`, `start_in_when_free` (retries a locked dir), `try_start_in` | server.rs | runs `fvtt-relay --listen 127.0.0.1:0 --data-dir <dir>`; `.addr() .url(p) .pid() .sigterm() .signal(n) .wait_exit(t) .logs() .stdout_lines() .kill()`; killed on drop |
 //! | `TempDir::new(prefix)` | server.rs | unique dir under `temp_dir()`, removed on drop |
+//! | `relay_command()`, `target_command(path)`, `time_factor()`, `scaled(d)` | server.rs | a target binary wrapped in `FVTT_TEST_RUNNER` (qemu under `make pi-test`); speed-only limits stretched by `FVTT_TEST_TIME_FACTOR` |
 //! | `provision(dir) -> Provisioned`, `start_provisioned(args) -> ProvisionedRelay` | provision.rs | admin key, full-scope API key, clientId + token, via `fvtt_relay::store`; the relay started with `start_in_when_free` |
 //! | `provision_with(dir, extra)`, `start_provisioned_with(args, extra)` | provision.rs | the same plus one scoped key per `(scopes, clientIds)` in `extra` (`Provisioned::extra_keys`) |
 //! | `start_provisioned_edited(args, edit) -> (ProvisionedRelay, T)`, `open_store_when_free(dir)` | provision.rs | `edit(&mut State, &Provisioned) -> T` runs on the saved store before the start (extra worlds, odd keys) |

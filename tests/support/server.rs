@@ -85,6 +85,51 @@ pub fn relay_binary() -> &'static str {
     env!("CARGO_BIN_EXE_fvtt-relay")
 }
 
+/// The environment variable naming the emulator that runs binaries built for another
+/// architecture, e.g. `qemu-aarch64` (`make pi-test` sets it; split on whitespace, so it
+/// may carry arguments). Unset or empty: binaries run directly.
+pub const RUNNER_ENV: &str = "FVTT_TEST_RUNNER";
+
+/// The environment variable by which slow runs (ARM under qemu-user, `make pi-test`)
+/// stretch the limits of the wall-clock asserts that are only about speed. Default 1.
+pub const TIME_FACTOR_ENV: &str = "FVTT_TEST_TIME_FACTOR";
+
+/// A `Command` for `program`, a binary built for the target under test: wrapped in
+/// `FVTT_TEST_RUNNER` when that is set. Cargo's `target.<triple>.runner` covers only the
+/// test binaries it starts, not the processes they start in turn.
+pub fn target_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let runner = std::env::var(RUNNER_ENV).unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    match words.next() {
+        Some(emulator) => {
+            let mut cmd = Command::new(emulator);
+            cmd.args(words).arg(program);
+            cmd
+        }
+        None => Command::new(program),
+    }
+}
+
+/// `target_command(relay_binary())`: the relay, emulated when the suite is.
+pub fn relay_command() -> Command {
+    target_command(relay_binary())
+}
+
+/// `FVTT_TEST_TIME_FACTOR` (a positive integer; 1 when unset or unreadable).
+pub fn time_factor() -> u32 {
+    std::env::var(TIME_FACTOR_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|&f| f > 0)
+        .unwrap_or(1)
+}
+
+/// `d` stretched by `time_factor()`: for limits that bound how fast something happens,
+/// never for ones that bound how early (a timeout must still not fire too soon).
+pub fn scaled(d: Duration) -> Duration {
+    d * time_factor()
+}
+
 impl Relay {
     /// Starts with a fresh temporary data dir (removed when the relay is dropped).
     pub fn start(args: &[&str]) -> Relay {
@@ -141,7 +186,7 @@ impl Relay {
             Ok(f) => f,
             Err(e) => panic!("cannot create {}: {e}", log_path.display()),
         };
-        let mut cmd = Command::new(relay_binary());
+        let mut cmd = relay_command();
         cmd.arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")
@@ -171,7 +216,7 @@ impl Relay {
                 }
             });
         }
-        let deadline = Instant::now() + START_TIMEOUT;
+        let deadline = Instant::now() + scaled(START_TIMEOUT);
         let fail = |child: &mut Child, status: Option<ExitStatus>| {
             let status = status.or_else(|| {
                 let _ = child.kill();
