@@ -252,6 +252,15 @@ options! {
         /// Bytes of pipelined requests buffered behind the one in flight on a keep-alive
         /// connection; past this the connection stops reading until the answer leaves.
         pipeline_buffer_bytes: usize = size("32K"), "bytes";
+        /// Response bytes queued for a keep-alive client above which its next pipelined
+        /// request waits (and reading stops) until the client reads: as nginx does, so a
+        /// client that pipelines without reading holds at most this plus one response.
+        /// Answering a request does not restart the keep-alive timer while answers wait
+        /// unread; only written bytes do.
+        pipeline_outq_bytes: usize = size("64K"), "bytes";
+        /// Pipelined requests answered on one connection per loop turn before the other
+        /// connections get their turn (WebSocket messages have the same rule).
+        requests_per_turn: usize = count("16"), "requests";
         /// How long a closing connection waits for the peer's EOF (or close frame) after
         /// our last bytes, before the socket is dropped anyway.
         close_linger: Duration = duration("2s"), "time";
@@ -956,6 +965,8 @@ mod tests {
             max_connections_per_ip: 512,
             read_budget_bytes: 256 * K,
             pipeline_buffer_bytes: 32 * K,
+            pipeline_outq_bytes: 64 * K,
+            requests_per_turn: 16,
             close_linger: secs(2),
             module_max_message: 64 * M,
             module_max_frame: 64 * M,

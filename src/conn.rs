@@ -145,6 +145,12 @@ pub struct Conn {
     pub pending_accept: Option<String>,
     /// Already on the loop's flush list for this turn.
     pub on_dirty_list: bool,
+    /// HTTP: the next pipelined request waits until the queued answers drain below
+    /// `--pipeline-outq-bytes` (the flush resumes it).
+    pub http_stalled: bool,
+    /// When the socket last took bytes from the queue: an HTTP client that reads keeps its
+    /// keep-alive; one that only sends does not.
+    pub last_write: Instant,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -191,6 +197,8 @@ impl Conn {
             wr_shut: false,
             pending_accept: None,
             on_dirty_list: false,
+            http_stalled: false,
+            last_write: now,
         }
     }
 
@@ -222,7 +230,7 @@ impl Conn {
     /// How many bytes the input buffer may hold in the current phase before we stop reading.
     fn read_cap(&self, cfg: &Config) -> usize {
         match &self.phase {
-            Phase::Http(h) if h.awaiting => cfg.pipeline_buffer_bytes,
+            Phase::Http(h) if h.awaiting || self.http_backlogged(cfg) => cfg.pipeline_buffer_bytes,
             Phase::Http(_) => cfg.max_head_bytes + cfg.read_budget_bytes,
             // tungstenite keeps partial frames in its own buffer; ours only stages reads.
             Phase::Ws(_) => cfg.read_budget_bytes + 64 * 1024,
@@ -378,12 +386,23 @@ impl Conn {
     }
 
     /// The request in flight was answered; the connection may read its next one.
-    pub fn http_done(&mut self, now: Instant) {
+    /// `caught_up`: the client had read every earlier answer. Only then does the keep-alive
+    /// timer start over: a client that pipelines (or trickles) requests without reading
+    /// must not keep its connection forever by asking again (issue 15).
+    pub fn http_done(&mut self, now: Instant, caught_up: bool) {
         if let Phase::Http(h) = &mut self.phase {
             h.awaiting = false;
-            h.idle_since = now;
+            if caught_up {
+                h.idle_since = now;
+            }
         }
         self.read_pending = true;
+    }
+
+    /// Answers wait unread beyond `--pipeline-outq-bytes`: the next pipelined request is
+    /// not processed (nor more input read) until the client reads.
+    pub fn http_backlogged(&self, cfg: &Config) -> bool {
+        matches!(self.phase, Phase::Http(_)) && self.outq.bytes() > cfg.pipeline_outq_bytes
     }
 
     /// (keep-alive, HEAD request, HTTP minor version) of the request in flight.
@@ -518,8 +537,13 @@ impl Conn {
     }
 
     /// Write what the socket takes. Returns Err on a hard error (drop the connection).
-    pub fn flush(&mut self, budget: usize) -> io::Result<Flush> {
-        self.outq.write_to(&mut self.sock, budget)
+    pub fn flush(&mut self, budget: usize, now: Instant) -> io::Result<Flush> {
+        let before = self.outq.written_total;
+        let r = self.outq.write_to(&mut self.sock, budget);
+        if self.outq.written_total != before {
+            self.last_write = now;
+        }
+        r
     }
 
     /// The earliest instant at which this connection needs attention.
@@ -545,7 +569,7 @@ impl Conn {
                 } else if let Some(s) = h.head_started {
                     at(s + cfg.head_timeout);
                 } else if !h.awaiting {
-                    at(h.idle_since + cfg.keepalive_timeout);
+                    at(h.idle_since.max(self.last_write) + cfg.keepalive_timeout);
                 }
             }
             Phase::Ws(w) => {
@@ -586,7 +610,9 @@ impl Conn {
                     if now >= s + cfg.head_timeout {
                         return Due::HeadTimeout;
                     }
-                } else if !h.awaiting && now >= h.idle_since + cfg.keepalive_timeout {
+                } else if !h.awaiting
+                    && now >= h.idle_since.max(self.last_write) + cfg.keepalive_timeout
+                {
                     return Due::Drop("keep-alive idle timeout");
                 }
                 Due::Nothing

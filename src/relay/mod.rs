@@ -99,6 +99,8 @@ pub struct Relay {
     pub(crate) owner: pairing::Owner,
     /// Subscriber connections (SSE, /ws/api, /ws/events) and whose key they hold (events.rs).
     pub(crate) subs: HashMap<ConnId, events::Subscriber>,
+    /// `/openapi.json` and `/asyncapi.json`, serialized once (docs.rs).
+    pub(crate) docs: docs::Cache,
     /// `/ws/events` socket state and the upgrade rate limit (gateway.rs).
     pub(crate) gateway: gateway::Gateway,
 }
@@ -121,6 +123,7 @@ impl Relay {
             lazy_dirty: false,
             api: HashMap::new(),
             subs: HashMap::new(),
+            docs: docs::Cache::default(),
             clock,
             started: clock.base,
         }

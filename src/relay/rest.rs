@@ -107,12 +107,10 @@ impl Relay {
                 return self.metrics_route(conn, head, now, out);
             }
             (Method::Get | Method::Head, "/openapi.json") => {
-                let doc = super::docs::openapi(&self.routes, &self.docs_server_url(peer, head));
-                return self.respond(conn, 200, doc, out);
+                return self.docs_route(conn, peer, head, false, out);
             }
             (Method::Get | Method::Head, "/asyncapi.json") => {
-                let doc = super::docs::asyncapi(&self.routes, &self.docs_server_url(peer, head));
-                return self.respond(conn, 200, doc, out);
+                return self.docs_route(conn, peer, head, true, out);
             }
             (Method::Get | Method::Head, "/") => {
                 return self.respond(conn, 200, json!({"status": "ok"}), out)
@@ -215,6 +213,25 @@ impl Relay {
         out.push(Action::Respond {
             conn,
             resp: self.cors(Response::json(status, &v)),
+        });
+    }
+
+    /// `/openapi.json` or `/asyncapi.json`, built once per server URL (docs::Cache).
+    fn docs_route(
+        &mut self,
+        conn: ConnId,
+        peer: IpAddr,
+        head: &Head,
+        asyncapi: bool,
+        out: &mut Vec<Action>,
+    ) {
+        let url = self.docs_server_url(peer, head);
+        let bytes = self.docs.get(&self.routes, asyncapi, &url);
+        let mut resp = Response::text(200, "application/json", Vec::new());
+        resp.body = crate::http::response::Body::Shared(bytes);
+        out.push(Action::Respond {
+            conn,
+            resp: self.cors(resp),
         });
     }
 

@@ -1,0 +1,240 @@
+//! Issue 15: one client can never exhaust a small host's memory or stall the loop. Each
+//! abuse runs against the real binary while a probe keeps asking `GET /api/health` on its
+//! own connection; the probe must keep being answered (a loose bound, scaled by
+//! `FVTT_TEST_TIME_FACTOR`; the strict latency target lives in benches/relay.rs) and the
+//! relay's RSS (/proc) must stay bounded.
+
+mod support;
+use support::*;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+const T: Duration = DEFAULT_TIMEOUT;
+
+/// How much slower than a quiet machine this one may be (CI: `FVTT_TEST_TIME_FACTOR=3`).
+fn time_factor() -> f64 {
+    std::env::var("FVTT_TEST_TIME_FACTOR")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|f| *f >= 1.0)
+        .unwrap_or(1.0)
+}
+
+/// The loose probe bound of the tests: any answer slower than this means the loop stalled.
+fn probe_bound() -> Duration {
+    Duration::from_secs_f64(1.0 * time_factor())
+}
+
+/// Resident set size of the relay, in bytes.
+fn rss(relay: &Relay) -> u64 {
+    status_field(relay.pid(), "VmRSS") * 1024
+}
+
+const MIB: u64 = 1024 * 1024;
+
+/// A keep-alive connection asking `GET /api/health` every 20 ms, recording each latency.
+struct Probe {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Vec<Duration>>>,
+}
+
+impl Probe {
+    fn start(addr: SocketAddr) -> Probe {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut lat = Vec::new();
+            let mut conn: Option<HttpConn> = None;
+            let req = build_request("GET", "/api/health", "probe", &[], None);
+            while !flag.load(Ordering::Relaxed) {
+                let t0 = Instant::now();
+                let c = match conn.as_mut() {
+                    Some(c) => c,
+                    None => match HttpConn::connect(addr) {
+                        Ok(c) => conn.insert(c),
+                        Err(_) => {
+                            lat.push(T);
+                            continue;
+                        }
+                    },
+                };
+                match c.roundtrip(&req, T) {
+                    Ok(r) if r.status == 200 => lat.push(t0.elapsed()),
+                    _ => {
+                        // Unanswered within T: the worst a probe can see. Start over.
+                        lat.push(t0.elapsed().max(T));
+                        conn = None;
+                    }
+                }
+                std::thread::sleep(millis(20));
+            }
+            lat
+        });
+        Probe {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stop and return the latencies, sorted.
+    fn finish(mut self) -> Vec<Duration> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut lat = self
+            .thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default();
+        lat.sort();
+        lat
+    }
+}
+
+/// Asserts the probe was answered throughout, every answer within `probe_bound()`.
+fn assert_probe_ok(what: &str, lat: &[Duration]) {
+    assert!(
+        lat.len() >= 5,
+        "{what}: the probe got only {} answers",
+        lat.len()
+    );
+    let max = lat.last().copied().unwrap_or_default();
+    let p50 = lat[lat.len() / 2];
+    eprintln!("{what}: probe n={} p50={p50:?} max={max:?}", lat.len());
+    assert!(
+        max < probe_bound(),
+        "{what}: the loop stalled, probe max {max:?} (p50 {p50:?}, n {})",
+        lat.len()
+    );
+}
+
+/// `n` copies of `req` written on one connection by a thread, as fast as the relay takes
+/// them; the connection never reads unless `read` is set (then a second thread discards
+/// everything that arrives). Returns the socket (kept open by the caller) and the writer.
+fn pipeline(addr: SocketAddr, req: &[u8], n: usize, read: bool) -> (TcpStream, JoinHandle<usize>) {
+    let s = TcpStream::connect(addr).expect("connect");
+    // A relay that stops reading blocks our writes: give up after a while, keep the socket.
+    s.set_write_timeout(Some(secs(5))).expect("timeout");
+    if read {
+        let mut r = s.try_clone().expect("clone");
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            while matches!(r.read(&mut buf), Ok(n) if n > 0) {}
+        });
+    }
+    let mut w = s.try_clone().expect("clone");
+    let batch: Vec<u8> = req.repeat(50);
+    let writer = std::thread::spawn(move || {
+        let mut sent = 0;
+        while sent < n {
+            let k = (n - sent).min(50);
+            if w.write_all(&batch[..k * batch.len() / 50]).is_err() {
+                break;
+            }
+            sent += k;
+        }
+        sent
+    });
+    (s, writer)
+}
+
+#[test]
+fn pipelined_requests_without_reading_hold_bounded_memory() {
+    let relay = Relay::start(&[]);
+    let probe = Probe::start(relay.addr());
+    std::thread::sleep(millis(200));
+    let before = rss(&relay);
+    // 4,000 × 25 KiB answers: ~100 MB held for a client that never reads, before the fix.
+    let req = build_request("GET", "/admin/app.js", "x", &[], None);
+    let (_sock, writer) = pipeline(relay.addr(), &req, 4000, false);
+    let sent = writer.join().unwrap_or(0);
+    std::thread::sleep(millis(500));
+    let peak = status_field(relay.pid(), "VmHWM") * 1024;
+    let during = rss(&relay);
+    let lat = probe.finish();
+    eprintln!(
+        "pipelined flood ({sent} sent): rss before {} KiB, during {} KiB, peak {} KiB",
+        before / 1024,
+        during / 1024,
+        peak / 1024
+    );
+    assert!(
+        during < before + 16 * MIB,
+        "unread answers piled up: rss {} KiB -> {} KiB",
+        before / 1024,
+        during / 1024
+    );
+    assert_probe_ok("pipelined flood", &lat);
+}
+
+#[test]
+fn pipelined_documents_do_not_stall_the_loop() {
+    let relay = Relay::start(&[]);
+    let probe = Probe::start(relay.addr());
+    std::thread::sleep(millis(200));
+    // A client that reads everything, as fast as it can: the relay answers it at full
+    // speed, but never more than --requests-per-turn per turn, and the documents are built
+    // once. Before: every buffered request answered in one turn, each document rebuilt.
+    let mut handles = Vec::new();
+    for path in ["/openapi.json", "/asyncapi.json"] {
+        let req = build_request("GET", path, "x", &[], None);
+        handles.push(pipeline(relay.addr(), &req, 1000, true));
+    }
+    for (_s, w) in handles {
+        assert!(w.join().unwrap_or(0) > 0);
+    }
+    std::thread::sleep(millis(300));
+    assert_probe_ok("pipelined documents", &probe.finish());
+}
+
+#[test]
+fn a_client_that_asks_without_reading_is_not_kept_alive_by_asking() {
+    let relay = Relay::start(&["--keepalive-timeout", "2s"]);
+    let mut c = HttpConn::to(&relay);
+    // Fill the socket buffers with answers the client never reads...
+    let doc = build_request("GET", "/openapi.json", "x", &[], None);
+    c.send(&doc.repeat(100)).unwrap();
+    // ...then keep asking, well within the keep-alive timeout each time. Answers alone must
+    // not count as activity: only the client reading does (before: closed never).
+    let health = build_request("GET", "/api/health", "x", &[], None);
+    let start = Instant::now();
+    let mut gone = false;
+    while start.elapsed() < secs(10) {
+        if c.send(&health).is_err() {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(millis(500));
+    }
+    // Closed by now: reading reaches EOF or a reset at once. (Were it open, the relay would
+    // keep answering: we go on asking while we read, so no idle timer can end it now.)
+    if !gone {
+        let mut r = c.stream().try_clone().unwrap();
+        r.set_read_timeout(Some(millis(500))).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let until = Instant::now() + secs(6);
+        while !gone && Instant::now() < until {
+            gone = c.send(&health).is_err()
+                || match r.read(&mut buf) {
+                    Ok(0) => true,
+                    Ok(_) => false,
+                    Err(e) => !timed_out(&e),
+                };
+        }
+    }
+    assert!(
+        gone,
+        "a client that never reads kept its connection by asking"
+    );
+    // A client that reads is still kept alive across requests.
+    let mut ok = HttpConn::to(&relay);
+    for _ in 0..3 {
+        let r = ok.roundtrip(&health, T).unwrap();
+        assert_eq!(r.status, 200);
+        std::thread::sleep(millis(1000));
+    }
+    assert_eq!(ok.roundtrip(&health, T).unwrap().status, 200);
+}
