@@ -271,6 +271,11 @@ options! {
         module_max_message: usize = size("64M"), "bytes";
         /// Largest single frame on the world link.
         module_max_frame: usize = size("64M"), "bytes";
+        /// Largest message (and frame) on a world link before its auth message succeeded:
+        /// the auth message is a few hundred bytes, so a stranger cannot make the relay
+        /// buffer --module-max-message per connection for --auth-timeout; larger closes
+        /// with 1009. The full limit applies from auth-success on.
+        module_preauth_max_message: usize = size("8K"), "bytes";
         /// Interval between control pings to the world link.
         module_ping_interval: Duration = duration("20s"), "time";
         /// A world link with no frame at all for this long is dropped. Liveness rests on
@@ -970,6 +975,7 @@ mod tests {
             close_linger: secs(2),
             module_max_message: 64 * M,
             module_max_frame: 64 * M,
+            module_preauth_max_message: 8 * K,
             module_ping_interval: secs(20),
             module_idle_timeout: secs(40),
             api_max_message: M,

@@ -86,6 +86,9 @@ pub struct WsPhase {
     idle_timeout: Option<Duration>,
     /// The link stopped at its message budget and may hold complete frames already.
     more: bool,
+    /// A world link whose auth message has not succeeded yet: small message limit, one
+    /// message per step (so the full limit applies from the message after the auth).
+    pub preauth: bool,
 }
 
 pub struct SsePhase {
@@ -429,7 +432,12 @@ impl Conn {
     }
 
     pub fn upgrade_ws(&mut self, endpoint: Endpoint, cfg: &Config, now: Instant) {
-        let (limits, ping, idle) = ws_settings(endpoint, cfg);
+        let (mut limits, ping, idle) = ws_settings(endpoint, cfg);
+        let preauth = endpoint == Endpoint::Module;
+        if preauth {
+            limits.max_message = limits.max_message.min(cfg.module_preauth_max_message);
+            limits.max_frame = limits.max_frame.min(cfg.module_preauth_max_message);
+        }
         self.set_phase(Phase::Ws(WsPhase {
             link: Link::new(limits),
             endpoint,
@@ -438,6 +446,7 @@ impl Conn {
             ping_interval: ping,
             idle_timeout: idle,
             more: false,
+            preauth,
         }));
         // Bytes that followed the handshake in the same read are frames: keep them.
         self.read_pending = true;
@@ -449,6 +458,22 @@ impl Conn {
             interval: cfg.sse_keepalive,
         }));
         self.inbuf.clear();
+    }
+
+    /// The relay accepted this WebSocket's credentials: its endpoint's full limits apply.
+    pub fn ws_authenticated(&mut self, cfg: &Config) {
+        if let Phase::Ws(w) = &mut self.phase {
+            if w.preauth {
+                w.preauth = false;
+                let (limits, _, _) = ws_settings(w.endpoint, cfg);
+                w.link.set_limits(limits.max_message, limits.max_frame);
+            }
+        }
+    }
+
+    /// A world link still waiting for its auth message to succeed.
+    pub fn ws_preauth(&self) -> bool {
+        matches!(&self.phase, Phase::Ws(w) if w.preauth)
     }
 
     pub fn endpoint(&self) -> Option<Endpoint> {

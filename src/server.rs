@@ -594,6 +594,16 @@ impl Server {
 
     fn ws_input(&mut self, id: ConnId, now: Instant) {
         let echo = self.conn_mut(id).and_then(|c| c.endpoint()) == Some(Endpoint::Echo);
+        if self.conn_mut(id).is_some_and(|c| c.ws_preauth()) {
+            // Before auth-success a world link reads one message at a time under its small
+            // pre-auth limit, so the message after the auth is read under the full one.
+            for _ in 0..WS_MESSAGES_PER_TURN {
+                if !self.ws_input_step(id, now, 1) {
+                    break;
+                }
+            }
+            return;
+        }
         if !echo {
             self.ws_input_step(id, now, WS_MESSAGES_PER_TURN);
             return;
@@ -781,6 +791,12 @@ impl Server {
                     c.close_with(&close, now);
                     self.mark_dirty(conn);
                     self.rearm(conn);
+                }
+            }
+            Action::Authenticated { conn } => {
+                let cfg = self.cfg.clone();
+                if let Some(c) = self.conn_mut(conn) {
+                    c.ws_authenticated(&cfg);
                 }
             }
             Action::Arm { at, timer } => self.timers.arm(at, LoopTimer::Relay(timer)),

@@ -238,3 +238,28 @@ fn a_client_that_asks_without_reading_is_not_kept_alive_by_asking() {
     }
     assert_eq!(ok.roundtrip(&health, T).unwrap().status, 200);
 }
+
+#[test]
+fn a_world_link_cannot_send_a_big_message_before_its_auth() {
+    let p = start_provisioned(&[]);
+    // A stranger's first message of 64 KiB: refused as too big (1009) at the frame header,
+    // not buffered whole and then refused as a bad auth message (4002).
+    let mut ws = ws_connect(p.relay.addr(), "/relay?id=stranger", &[]).expect("upgrade");
+    let big = json!({"type": "auth", "token": "x".repeat(64 * 1024)});
+    let _ = ws.send_json(&big);
+    let close = ws.recv_close(T).expect("closed");
+    assert_eq!(close.0, 1009, "{close:?}");
+    // A real world authenticates, then its multi-MiB replies pass (full limit after auth).
+    let world = p.world();
+    world.set_download_mib(2);
+    let raw = build_request(
+        "GET",
+        "/download?path=big%2Ffile.bin",
+        "x",
+        &[("x-api-key", p.key()), ("Connection", "close")],
+        None,
+    );
+    let r = try_http_request(p.relay.addr(), &raw, secs(30)).expect("download");
+    assert_eq!(r.status, 200, "{:?}", r.raw_head);
+    assert_eq!(r.body.len(), 2 << 20);
+}

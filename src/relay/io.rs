@@ -107,6 +107,9 @@ pub enum Action {
     SseWrite { conns: Vec<ConnId>, bytes: Rc<[u8]> },
     /// Close a WebSocket with this code and reason, or end an SSE stream / HTTP connection.
     Close { conn: ConnId, close: WsClose },
+    /// A WebSocket's first message authenticated it: the loop lifts its pre-auth limits
+    /// (a world link's message size, `--module-preauth-max-message`).
+    Authenticated { conn: ConnId },
     /// Arm a relay timer.
     Arm { at: Instant, timer: Timer },
     /// The durable state changed: save it before any reply of this turn leaves.
