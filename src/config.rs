@@ -228,8 +228,17 @@ options! {
         max_head_bytes: usize = size("16K"), "bytes";
         /// Most header fields in one request; more is refused with 431.
         max_headers: usize = count("100"), "headers";
-        /// Largest request body; more is refused with 413. Uploads to the world pass here.
-        max_body_bytes: usize = size("64M"), "bytes";
+        /// Largest request body, for `POST /upload` with a valid key only (every other
+        /// route gets --max-json-body-bytes); more is refused with 413 before the body is
+        /// read. 32 MiB carries a 24 MiB file as base64 JSON (or a 32 MiB raw one), and an
+        /// upload also holds its base64 message to the world (4/3 of the file): about
+        /// 75 MiB at most, which fits the default --memory-budget with room to spare.
+        max_body_bytes: usize = size("32M"), "bytes";
+        /// Largest request body on every route but `/upload`: JSON for /create, /update,
+        /// /execute-js, pairing and admin calls (a big actor update is a few hundred KiB).
+        /// A request whose route or key cannot use a body is refused (401/403/404/405/413,
+        /// then close) before its body is read.
+        max_json_body_bytes: usize = size("4M"), "bytes";
         /// Longest chunk-size line of a chunked body (size plus ignored extensions); more
         /// is refused with 400.
         max_chunk_line: usize = size("4K"), "bytes";
@@ -561,6 +570,13 @@ static RULES: &[Rule] = &[
         b: "module_outq_hard_bytes",
         why: "one full-size message to the world must not close its link",
         holds: |c| c.module_max_message <= c.module_outq_hard_bytes,
+    },
+    Rule {
+        a: "max_json_body_bytes",
+        op: Op::AtMost,
+        b: "max_body_bytes",
+        why: "the upload limit is the largest body limit",
+        holds: |c| c.max_json_body_bytes <= c.max_body_bytes,
     },
     Rule {
         a: "max_connections_per_ip",
@@ -960,7 +976,8 @@ mod tests {
             test_echo: false,
             max_head_bytes: 16 * K,
             max_headers: 100,
-            max_body_bytes: 64 * M,
+            max_body_bytes: 32 * M,
+            max_json_body_bytes: 4 * M,
             max_chunk_line: 4 * K,
             max_trailer_bytes: 8 * K,
             head_timeout: secs(10),
@@ -1310,7 +1327,17 @@ mod tests {
                 Some("--max-connections-per-ip must not exceed --max-connections"),
             ),
             // NOT a rule: the module message limit may exceed the HTTP body limit.
-            (|c| c.max_body_bytes = 1024, None),
+            (
+                |c| {
+                    c.max_body_bytes = 1024;
+                    c.max_json_body_bytes = 1024;
+                },
+                None,
+            ),
+            (
+                |c| c.max_json_body_bytes = 64 * M,
+                Some("--max-json-body-bytes must not exceed --max-body-bytes"),
+            ),
             (|c| c.outq_soft_bytes = c.outq_hard_bytes, None),
             // hand-built values meet the parser's bounds
             (

@@ -102,6 +102,9 @@ pub enum HttpStep {
     Idle,
     /// A complete request for the loop to route.
     Request(Head, Vec<u8>),
+    /// The head of a request with a body: the relay decides (`Input::Head`) whether and up
+    /// to what size the body is read (`http_begin_body`), before any of it is.
+    Head(Head),
     /// A framing error: answer it and close.
     Error(HttpError),
 }
@@ -347,22 +350,11 @@ impl Conn {
                             return HttpStep::Request(head, Vec::new());
                         }
                         _ => {
-                            // RFC 9110 §10.1.1: send 100 only if the body has not started.
-                            if head.expect_continue && self.inbuf.is_empty() {
-                                self.outq.push_slice(CONTINUE_100);
-                            }
-                            let decoder = BodyDecoder::new(&head.body, cfg.max_body_bytes as u64)
-                                .chunk_limits(cfg.max_chunk_line, cfg.max_trailer_bytes);
-                            let cap = match head.body {
-                                BodyKind::Length(n) => n.min(1 << 20) as usize,
-                                _ => 0,
-                            };
-                            h.body = Some(PendingBody {
-                                head,
-                                decoder,
-                                body: Vec::with_capacity(cap),
-                                started: now,
-                            });
+                            // A refusal of this head answers it and closes.
+                            h.cur_keep_alive = false;
+                            h.cur_head = false;
+                            h.cur_minor = head.minor_version;
+                            return HttpStep::Head(head);
                         }
                     }
                 }
@@ -386,6 +378,30 @@ impl Conn {
             }
         }
         HttpStep::Idle
+    }
+
+    /// Read the body of an admitted head, up to `limit` bytes (413 past it).
+    pub fn http_begin_body(&mut self, head: Head, limit: usize, cfg: &Config, now: Instant) {
+        let Phase::Http(h) = &mut self.phase else {
+            return;
+        };
+        // RFC 9110 §10.1.1: send 100 only if the body has not started.
+        if head.expect_continue && self.inbuf.is_empty() {
+            self.outq.push_slice(CONTINUE_100);
+        }
+        let decoder = BodyDecoder::new(&head.body, limit as u64)
+            .chunk_limits(cfg.max_chunk_line, cfg.max_trailer_bytes);
+        // Grow with what arrives rather than trusting the declared length up front.
+        let cap = match head.body {
+            BodyKind::Length(n) => n.min(64 * 1024) as usize,
+            _ => 0,
+        };
+        h.body = Some(PendingBody {
+            head,
+            decoder,
+            body: Vec::with_capacity(cap),
+            started: now,
+        });
     }
 
     /// The request in flight was answered; the connection may read its next one.

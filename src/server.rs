@@ -513,6 +513,11 @@ impl Server {
                     self.respond_error(id, e, now);
                     return;
                 }
+                HttpStep::Head(head) => {
+                    if !self.admit_body(id, head, now) {
+                        return;
+                    }
+                }
                 HttpStep::Request(head, body) => {
                     answered += 1;
                     self.dispatch(id, head, body, now);
@@ -523,6 +528,41 @@ impl Server {
                     }
                 }
             }
+        }
+    }
+
+    /// Ask the relay whether the body behind `head` may be read, and how much of it. True
+    /// when it is being read; false when the head was refused (answered, then closed: the
+    /// unread body is never buffered).
+    fn admit_body(&mut self, id: ConnId, head: Head, now: Instant) -> bool {
+        let cfg = self.cfg.clone();
+        if let Some(c) = self.conn_mut(id) {
+            c.relay_known = true;
+        }
+        let mut actions = std::mem::take(&mut self.actions);
+        self.relay.handle(
+            Input::Head {
+                conn: id,
+                head: &head,
+            },
+            now,
+            &mut actions,
+        );
+        let mut limit = None;
+        for a in actions.drain(..) {
+            match a {
+                Action::ReadBody { conn, limit: l } if conn == id => limit = Some(l),
+                Action::Respond { conn, resp } if conn == id => self.respond(id, resp, true, now),
+                other => self.apply(other, now),
+            }
+        }
+        self.actions = actions;
+        match (limit, self.conn_mut(id)) {
+            (Some(l), Some(c)) if !c.is_closing() => {
+                c.http_begin_body(head, l, &cfg, now);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -693,6 +733,7 @@ impl Server {
     fn send_to_relay(&mut self, input: Input<'_>, now: Instant) {
         let conn = match &input {
             Input::Request { conn, .. }
+            | Input::Head { conn, .. }
             | Input::Upgrade { conn, .. }
             | Input::WsText { conn, .. }
             | Input::Alive { conn }
@@ -793,6 +834,8 @@ impl Server {
                     self.rearm(conn);
                 }
             }
+            // Only meaningful in answer to `Input::Head` (see `admit_body`).
+            Action::ReadBody { .. } => {}
             Action::Authenticated { conn } => {
                 let cfg = self.cfg.clone();
                 if let Some(c) = self.conn_mut(conn) {

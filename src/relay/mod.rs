@@ -212,6 +212,7 @@ impl Relay {
                 body,
             } => self.on_request(conn, peer, head, body, now, out),
             Input::Upgrade { conn, peer, head } => self.on_upgrade(conn, peer, head, now, out),
+            Input::Head { conn, head } => self.admit_body(conn, head, now, out),
             Input::WsText { conn, text } => match self.roles.get(&conn) {
                 Some(Role::ModuleAuth { .. }) => self.module_auth(conn, &text, now, out),
                 Some(Role::Module) => self.module_message(conn, text, now, out),

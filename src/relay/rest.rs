@@ -209,6 +209,69 @@ impl Relay {
         }
     }
 
+    /// Decide on a request's body from its head alone (issue 15: bodies were read whole,
+    /// up to 64 MiB, before routing and auth). A route-table route is matched (404/405),
+    /// its key checked (401) and its scope (403) now; only `/upload` with a valid key may
+    /// send up to `--max-body-bytes`, everything else gets `--max-json-body-bytes`; a
+    /// declared length over the limit is 413. The owner's, pairing and relay-local routes
+    /// keep their own checks after the body, under the small limit. No rate limit is
+    /// charged here: the complete request goes through `on_request` and is charged there.
+    pub(crate) fn admit_body(
+        &mut self,
+        conn: ConnId,
+        head: &Head,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let path = normalize_path(&head.path);
+        let mut limit = self.cfg.max_json_body_bytes;
+        let table_route =
+            !(head.method == Method::Options || is_owner_path(path) || is_local_path(path));
+        if table_route {
+            let refusal = match self.routes.clone().find(head.method_raw.as_str(), path) {
+                Match::NotFound => Some(self.cors(Response::error(404, "Not found"))),
+                Match::MethodNotAllowed(allow) => Some(
+                    self.cors(Response::error(405, "Method not allowed"))
+                        .header("Allow", allow.join(", ")),
+                ),
+                Match::Found(route, _) => {
+                    match self.authenticate_route(head, route.kind, self.clock.ms(now)) {
+                        Err(e) => Some(self.cors(Response::error(401, e.message()))),
+                        Ok(c)
+                            if !route.scope.is_empty()
+                                && !c.scopes.iter().any(|s| s == &route.scope) =>
+                        {
+                            let msg = format!("API key lacks required scope: {}", route.scope);
+                            Some(self.cors(Response::error(403, &msg)))
+                        }
+                        Ok(_) => {
+                            if route.ws_type == "upload-file" {
+                                limit = self.cfg.max_body_bytes;
+                            }
+                            None
+                        }
+                    }
+                }
+            };
+            if let Some(resp) = refusal {
+                self.metrics.http_requests += 1;
+                out.push(Action::Respond { conn, resp });
+                return;
+            }
+        }
+        if let crate::http::request::BodyKind::Length(n) = head.body {
+            if n > limit as u64 {
+                self.metrics.http_requests += 1;
+                out.push(Action::Respond {
+                    conn,
+                    resp: self.cors(Response::error(413, "Request body too large")),
+                });
+                return;
+            }
+        }
+        out.push(Action::ReadBody { conn, limit });
+    }
+
     fn respond(&self, conn: ConnId, status: u16, v: Value, out: &mut Vec<Action>) {
         out.push(Action::Respond {
             conn,
@@ -650,6 +713,25 @@ fn preflight(head: &Head) -> Response {
 
 /// Tolerate the module's `//relay` and `//api/...` (module-protocol.md §1.2) and a trailing
 /// slash: collapse leading slashes to one and drop a trailing one.
+/// Paths `owner_route` (pairing, admin API and pages) answers before the route table.
+fn is_owner_path(path: &str) -> bool {
+    path == "/admin"
+        || path.starts_with("/admin/")
+        || path.starts_with("/pair/")
+        || path == "/auth/pair"
+        || path == "/auth/pair-request"
+        || path.starts_with("/auth/pair-request/")
+        || path == "/api/self-unpair"
+}
+
+/// Relay-local paths `on_request` answers before the route table.
+fn is_local_path(path: &str) -> bool {
+    matches!(
+        path,
+        "/api/status" | "/api/health" | "/metrics" | "/openapi.json" | "/asyncapi.json" | "/"
+    ) || path.starts_with("/api/clients/")
+}
+
 pub(crate) fn normalize_path(p: &str) -> &str {
     let trimmed = p.trim_start_matches('/');
     let start = p.len() - trimmed.len();
