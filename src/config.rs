@@ -313,6 +313,14 @@ options! {
         auth_timeout: Duration = duration("10s"), "time";
     }
     section "Output queues" {
+        /// Bytes the relay may hold for its peers in all: input buffers, request bodies,
+        /// queued output. Past it, unauthenticated work is shed, the largest first (HTTP 503
+        /// and close, WebSocket 1013; counted in fvtt_relay_shed_total), and a body that
+        /// would pass it is refused on its head; world links and authenticated clients
+        /// are never shed. 128 MiB suits a 1 GB Raspberry Pi that also runs the OS and
+        /// often Foundry itself (Node, 300-500 MB): one full --max-body-bytes upload with
+        /// its message to the world (about 75 MiB) still fits beside ordinary traffic.
+        memory_budget: usize = size("128M"), "bytes";
         /// Bytes queued for one client above which the slow-consumer grace starts.
         outq_soft_bytes: usize = size("1M"), "bytes";
         /// Bytes queued for one client above which it is closed at once (WebSocket 1008
@@ -1005,6 +1013,7 @@ mod tests {
             events_max_queue_messages: 256,
             echo_max_message: 16 * M,
             auth_timeout: secs(10),
+            memory_budget: 128 * M,
             outq_soft_bytes: M,
             outq_hard_bytes: 8 * M,
             outq_hard_messages: 4096,

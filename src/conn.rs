@@ -75,6 +75,9 @@ struct PendingBody {
     decoder: BodyDecoder,
     body: Vec<u8>,
     started: Instant,
+    /// Charged to the memory budget from admission on (the declared length, or the
+    /// route's limit for a chunked body), so admissions cannot all pass at once.
+    reserved: usize,
 }
 
 pub struct WsPhase {
@@ -154,6 +157,12 @@ pub struct Conn {
     /// HTTP: the next pipelined request waits until the queued answers drain below
     /// `--pipeline-outq-bytes` (the flush resumes it).
     pub http_stalled: bool,
+    /// The relay accepted this connection's credentials (a key on an HTTP request, a world's
+    /// auth message, a WebSocket's auth): the memory budget never sheds it.
+    pub trusted: bool,
+    /// Bytes charged to the memory budget for this connection (`held_bytes` when last
+    /// counted).
+    pub charged: usize,
     /// When the socket last took bytes from the queue: an HTTP client that reads keeps its
     /// keep-alive; one that only sends does not.
     pub last_write: Instant,
@@ -204,6 +213,8 @@ impl Conn {
             pending_accept: None,
             on_dirty_list: false,
             http_stalled: false,
+            trusted: false,
+            charged: 0,
             last_write: now,
         }
     }
@@ -305,6 +316,29 @@ impl Conn {
         }
     }
 
+    /// What this connection holds for its peer: input buffer, a body being read, owned
+    /// output (the memory budget's measure, budget.rs).
+    pub fn held_bytes(&self) -> usize {
+        let body = match &self.phase {
+            Phase::Http(h) => h
+                .body
+                .as_ref()
+                .map_or(0, |b| b.body.capacity().max(b.reserved)),
+            _ => 0,
+        };
+        self.inbuf.capacity() + body + self.outq.owned_bytes()
+    }
+
+    /// Drop everything buffered for the peer, for the memory budget: unread input, a body
+    /// being read, output not yet started. The caller then answers or closes.
+    pub fn shed_buffers(&mut self) {
+        self.inbuf = Vec::new();
+        if let Phase::Http(h) = &mut self.phase {
+            h.body = None;
+        }
+        self.outq.discard_unstarted();
+    }
+
     /// Give back buffer memory that an idle connection no longer needs.
     pub fn trim_buffers(&mut self) {
         if self.inbuf.is_empty() && self.inbuf.capacity() > IDLE_INBUF_CAPACITY {
@@ -381,7 +415,14 @@ impl Conn {
     }
 
     /// Read the body of an admitted head, up to `limit` bytes (413 past it).
-    pub fn http_begin_body(&mut self, head: Head, limit: usize, cfg: &Config, now: Instant) {
+    pub fn http_begin_body(
+        &mut self,
+        head: Head,
+        limit: usize,
+        reserved: usize,
+        cfg: &Config,
+        now: Instant,
+    ) {
         let Phase::Http(h) = &mut self.phase else {
             return;
         };
@@ -401,6 +442,7 @@ impl Conn {
             decoder,
             body: Vec::with_capacity(cap),
             started: now,
+            reserved,
         });
     }
 
@@ -450,6 +492,8 @@ impl Conn {
     pub fn upgrade_ws(&mut self, endpoint: Endpoint, cfg: &Config, now: Instant) {
         let (mut limits, ping, idle) = ws_settings(endpoint, cfg);
         let preauth = endpoint == Endpoint::Module;
+        // /ws/events authenticates before the upgrade (relay/gateway.rs).
+        self.trusted = endpoint == Endpoint::Events;
         if preauth {
             limits.max_message = limits.max_message.min(cfg.module_preauth_max_message);
             limits.max_frame = limits.max_frame.min(cfg.module_preauth_max_message);
@@ -469,6 +513,8 @@ impl Conn {
     }
 
     pub fn start_sse(&mut self, cfg: &Config, now: Instant) {
+        // Every stream route checked a key first.
+        self.trusted = true;
         self.set_phase(Phase::Sse(SsePhase {
             next_keepalive: now + cfg.sse_keepalive,
             interval: cfg.sse_keepalive,

@@ -20,6 +20,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
+use crate::budget::{self, Budget, Candidate, ShedReason};
 use crate::config::Config;
 use crate::conn::{Conn, Due, HttpStep, Phase};
 use crate::deadline::Deadlines;
@@ -38,6 +39,10 @@ use crate::ws::link::{frame_text_into, WsEvent};
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
 const FIRST_CONN: usize = 2;
+
+/// What a client shed by the memory budget is told (budget.rs).
+const SHED_MESSAGE: &str = "Server over its memory budget, try again later";
+const SHED_CLOSE: WsClose = WsClose::new(1013, "Server over its memory budget");
 
 /// WebSocket messages parsed from one connection per turn.
 const WS_MESSAGES_PER_TURN: usize = 64;
@@ -88,6 +93,8 @@ pub struct Server {
     scratch: Vec<u8>,
     /// The origin of the timer grain (see `coarse`).
     epoch: Instant,
+    /// Bytes held for peers against `--memory-budget` (budget.rs).
+    budget: Budget,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -140,6 +147,7 @@ fn client_ip(peer: IpAddr, head: &Head, trust_forwarded: bool) -> IpAddr {
 impl Server {
     /// Bind the listener and prepare the loop. Nothing is accepted until `run`.
     pub fn bind(cfg: Config, store: Store, relay: Relay) -> Result<Server, Fatal> {
+        let cfg_budget = cfg.memory_budget;
         let poll = Poll::new().map_err(|e| Fatal::Io(format!("poll: {e}")))?;
         let mut listener = TcpListener::bind(cfg.listen)
             .map_err(|e| Fatal::Bind(format!("{}: {e}", cfg.listen)))?;
@@ -177,6 +185,7 @@ impl Server {
             local_addr,
             scratch: vec![0u8; crate::conn::READ_CHUNK],
             epoch: Instant::now(),
+            budget: Budget::new(cfg_budget),
         })
     }
 
@@ -228,6 +237,8 @@ impl Server {
             for id in ready {
                 self.on_readable(id, now);
             }
+            // Reads may have grown buffers past the budget: shed before answering more.
+            self.enforce_budget(now);
             due.clear();
             self.timers.expired(now, &mut due);
             for t in due.drain(..) {
@@ -470,6 +481,68 @@ impl Server {
                 self.ready.push(id);
             }
         }
+        self.recharge(id);
+        self.rearm(id);
+    }
+
+    // ---------------------------------------------------------------- memory budget
+
+    /// Charge a connection what it holds now (budget.rs).
+    fn recharge(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(id.key) else {
+            return;
+        };
+        if c.id == id {
+            let held = c.held_bytes();
+            self.budget.recharge(&mut c.charged, held);
+        }
+    }
+
+    /// While the relay holds more than `--memory-budget` for its peers, shed unauthenticated
+    /// work, the largest holder first (budget.rs). Bounded per turn: each victim gives back
+    /// what it held, so a few rounds suffice; whatever is left waits for the next turn.
+    fn enforce_budget(&mut self, now: Instant) {
+        let mut shed: Vec<ConnId> = Vec::new();
+        while self.budget.over() && shed.len() < 64 {
+            let victim = budget::victim(self.conns.iter().map(|(_, c)| Candidate {
+                key: c.id,
+                bytes: c.charged,
+                age_rank: c.id.gen,
+                sheddable: !c.trusted && !c.dead && !shed.contains(&c.id),
+            }));
+            let Some(id) = victim else { break };
+            shed.push(id);
+            self.shed(id, now);
+        }
+    }
+
+    /// Free what `id` holds and end it: HTTP 503 (when no answer has started), WebSocket
+    /// 1013 (RFC 6455 §7.4.1: try again later).
+    fn shed(&mut self, id: ConnId, now: Instant) {
+        let (held, limit) = (self.budget.held(), self.budget.limit());
+        let Some(c) = self.conn_mut(id) else { return };
+        let was_closing = c.is_closing();
+        debug!(
+            "{id} {}: shed, {} bytes held ({held} of {limit} in all)",
+            c.peer, c.charged
+        );
+        c.shed_buffers();
+        if !was_closing {
+            let reason = match c.phase {
+                Phase::Ws(_) => ShedReason::WsUnauthenticated,
+                _ => ShedReason::Http,
+            };
+            match c.phase {
+                Phase::Http(_) if c.outq.is_empty() => {
+                    self.respond(id, Response::error(503, SHED_MESSAGE), true, now)
+                }
+                Phase::Ws(_) => c.close_with(&SHED_CLOSE, now),
+                _ => c.begin_close(now),
+            }
+            self.relay.metrics_mut().shed[reason.index()] += 1;
+        }
+        self.recharge(id);
+        self.mark_dirty(id);
         self.rearm(id);
     }
 
@@ -549,6 +622,10 @@ impl Server {
             &mut actions,
         );
         let mut limit = None;
+        let declared = match head.body {
+            crate::http::request::BodyKind::Length(n) => Some(n as usize),
+            _ => None,
+        };
         for a in actions.drain(..) {
             match a {
                 Action::ReadBody { conn, limit: l } if conn == id => limit = Some(l),
@@ -557,9 +634,19 @@ impl Server {
             }
         }
         self.actions = actions;
-        match (limit, self.conn_mut(id)) {
-            (Some(l), Some(c)) if !c.is_closing() => {
-                c.http_begin_body(head, l, &cfg, now);
+        let Some(limit) = limit else { return false };
+        // Charged from now on: the declared length, or the whole limit for a chunked body.
+        let reserved = declared.unwrap_or(limit).min(limit);
+        if self.budget.would_pass(reserved) {
+            // Refused on its head, before any of it is read (budget.rs).
+            self.relay.metrics_mut().shed[ShedReason::Body.index()] += 1;
+            self.respond(id, Response::error(503, SHED_MESSAGE), true, now);
+            return false;
+        }
+        match self.conn_mut(id) {
+            Some(c) if !c.is_closing() => {
+                c.http_begin_body(head, limit, reserved, &cfg, now);
+                self.recharge(id);
                 true
             }
             _ => false,
@@ -839,6 +926,7 @@ impl Server {
             Action::Authenticated { conn } => {
                 let cfg = self.cfg.clone();
                 if let Some(c) = self.conn_mut(conn) {
+                    c.trusted = true;
                     c.ws_authenticated(&cfg);
                 }
             }
@@ -871,8 +959,8 @@ impl Server {
         let Some(c) = self.conn_mut(id) else {
             return; // the client left; a late answer finds no one (pitfall 3)
         };
-        if !matches!(c.phase, Phase::Http(_)) {
-            return;
+        if !matches!(c.phase, Phase::Http(_)) || c.closing_since.is_some() {
+            return; // e.g. shed by the memory budget while the relay was deciding
         }
         let (keep_alive, head_req, minor) = c.http_meta();
         let keep_alive = keep_alive && !force_close && !shutting_down;
@@ -1031,6 +1119,8 @@ impl Server {
                 continue;
             }
             let flushed = c.flush(self.cfg.write_budget_bytes, now);
+            let held = c.held_bytes();
+            self.budget.recharge(&mut c.charged, held);
             if c.http_stalled && !c.http_backlogged(&self.cfg) {
                 // The client read enough of its answers: take its next pipelined request.
                 c.http_stalled = false;
@@ -1119,6 +1209,7 @@ impl Server {
                     continue;
                 }
                 let mut c = self.conns.remove(id.key);
+                self.budget.release(c.charged);
                 let m = self.relay.metrics_mut();
                 m.connections_open = m.connections_open.saturating_sub(1);
                 let _ = self.poll.registry().deregister(&mut c.sock);

@@ -263,3 +263,159 @@ fn a_world_link_cannot_send_a_big_message_before_its_auth() {
     assert_eq!(r.status, 200, "{:?}", r.raw_head);
     assert_eq!(r.body.len(), 2 << 20);
 }
+
+/// Peak RSS seen by sampling every 20 ms until `stop` (VmHWM would include start-up).
+struct RssWatch {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<u64>>,
+}
+
+impl RssWatch {
+    fn start(pid: u32) -> RssWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !flag.load(Ordering::Relaxed) {
+                peak = peak.max(status_field(pid, "VmRSS") * 1024);
+                std::thread::sleep(millis(20));
+            }
+            peak
+        });
+        RssWatch {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().and_then(|t| t.join().ok()).unwrap_or(0)
+    }
+}
+
+/// Open `n` connections that each send `head` and `body_len` bytes of body, all but the last
+/// byte, and hold there: each asks the relay to keep a body it cannot finish.
+fn hold_bodies(addr: SocketAddr, head: &str, body_len: usize, n: usize) -> Vec<TcpStream> {
+    let mut socks = Vec::new();
+    let chunk = vec![b'a'; 256 * 1024];
+    for _ in 0..n {
+        let Ok(mut s) = TcpStream::connect(addr) else {
+            continue;
+        };
+        s.set_write_timeout(Some(secs(2))).unwrap();
+        if s.write_all(head.as_bytes()).is_err() {
+            continue;
+        }
+        let mut left = body_len - 1;
+        while left > 0 {
+            let k = left.min(chunk.len());
+            if s.write_all(&chunk[..k]).is_err() {
+                break; // refused (503/413): the relay stopped reading
+            }
+            left -= k;
+        }
+        socks.push(s);
+    }
+    socks
+}
+
+#[test]
+fn the_memory_budget_holds_under_each_attack() {
+    let budget = 32 * MIB;
+    let p = start_provisioned(&["--memory-budget", "32M", "--max-body-bytes", "8M"]);
+    let addr = p.relay.addr();
+    let pid = p.relay.pid();
+    std::thread::sleep(millis(200));
+    let base = rss(&p.relay);
+    let probe = Probe::start(addr);
+    let mut report = Vec::new();
+    let mut measure = |what: &str, attack: &mut dyn FnMut() -> Vec<TcpStream>| {
+        let before = rss(&p.relay);
+        let watch = RssWatch::start(pid);
+        let socks = attack();
+        std::thread::sleep(millis(500));
+        let peak = watch.finish();
+        drop(socks);
+        std::thread::sleep(millis(300));
+        let after = rss(&p.relay);
+        report.push(format!(
+            "{what}: rss before {} KiB, peak {} KiB, after {} KiB",
+            before / 1024,
+            peak / 1024,
+            after / 1024
+        ));
+        eprintln!("{}", report.last().unwrap());
+        assert!(
+            peak < base + budget + 16 * MIB,
+            "{what}: rss peaked at {} KiB (baseline {} KiB, budget {} KiB)",
+            peak / 1024,
+            base / 1024,
+            budget / 1024
+        );
+    };
+
+    // 1. Pipelined requests from clients that never read.
+    measure("pipelined flood", &mut || {
+        let req = build_request("GET", "/admin/app.js", "x", &[], None);
+        let mut socks = Vec::new();
+        for _ in 0..8 {
+            let (s, w) = pipeline(addr, &req, 4000, false);
+            let _ = w.join();
+            socks.push(s);
+        }
+        socks
+    });
+    // 2. Big bodies: 16 unauthenticated 4 MiB JSON bodies and 16 keyed 8 MiB uploads, each
+    //    held one byte short of complete.
+    measure("big bodies", &mut || {
+        let mut socks = hold_bodies(
+            addr,
+            "POST /auth/pair HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 4194304\r\n\r\n",
+            4 << 20,
+            16,
+        );
+        let up = format!(
+            "POST /upload?path=a&filename=b HTTP/1.1\r\nHost: x\r\nx-api-key: {}\r\nContent-Type: application/octet-stream\r\nContent-Length: 8388608\r\n\r\n",
+            p.key()
+        );
+        socks.extend(hold_bodies(addr, &up, 8 << 20, 16));
+        socks
+    });
+    // 3. World links that send a huge first message before their auth.
+    measure("pre-auth world messages", &mut || {
+        let mut socks = Vec::new();
+        for i in 0..16 {
+            let Ok(mut ws) = ws_connect(addr, &format!("/relay?id=w{i}"), &[]) else {
+                continue;
+            };
+            let mut s = ws.socket().get_ref().try_clone().unwrap();
+            // A masked text frame announcing 64 MiB, then 4 MiB of it.
+            let mut frame = vec![0x81u8, 0xFF];
+            frame.extend_from_slice(&(64u64 << 20).to_be_bytes());
+            frame.extend_from_slice(&[1, 2, 3, 4]);
+            s.set_write_timeout(Some(secs(2))).unwrap();
+            let _ = s.write_all(&frame);
+            let _ = s.write_all(&vec![b'a'; 4 << 20]);
+            socks.push(s);
+        }
+        socks
+    });
+    assert_probe_ok("memory budget attacks", &probe.finish());
+    let m = get(
+        addr,
+        "/metrics",
+        &[("x-api-key", p.keys.admin_key.as_str())],
+    );
+    let text = m.text();
+    let shed: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("fvtt_relay_shed_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(shed > 0, "nothing was shed:\n{text}");
+    assert!(
+        text.contains("fvtt_relay_shed_total{reason=\"body\"}"),
+        "{text}"
+    );
+}

@@ -114,8 +114,9 @@ pub enum Action {
     Close { conn: ConnId, close: WsClose },
     /// Read the body of the request whose `Head` was admitted, up to `limit` bytes.
     ReadBody { conn: ConnId, limit: usize },
-    /// A WebSocket's first message authenticated it: the loop lifts its pre-auth limits
-    /// (a world link's message size, `--module-preauth-max-message`).
+    /// The relay accepted this connection's credentials (an HTTP request's key, a
+    /// WebSocket's auth message): the memory budget never sheds it, and a world link's
+    /// pre-auth limits are lifted (`--module-preauth-max-message`).
     Authenticated { conn: ConnId },
     /// Arm a relay timer.
     Arm { at: Instant, timer: Timer },

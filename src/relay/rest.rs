@@ -159,7 +159,11 @@ impl Relay {
         };
         let now_ms = self.clock.ms(now);
         let caller = match self.authenticate_route(head, route.kind, now_ms) {
-            Ok(c) => c,
+            Ok(c) => {
+                // A keyed caller's connection is never shed by the memory budget.
+                out.push(Action::Authenticated { conn });
+                c
+            }
             Err(e) => {
                 out.push(Action::Respond {
                     conn,
@@ -245,6 +249,7 @@ impl Relay {
                             Some(self.cors(Response::error(403, &msg)))
                         }
                         Ok(_) => {
+                            out.push(Action::Authenticated { conn });
                             if route.ws_type == "upload-file" {
                                 limit = self.cfg.max_body_bytes;
                             }
