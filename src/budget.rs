@@ -59,6 +59,8 @@ pub struct Budget {
     held: usize,
     /// The most ever held (for the bench and debugging).
     peak: usize,
+    /// Bytes given back since the last heap trim.
+    freed: usize,
 }
 
 /// One candidate for shedding, as the loop sees it.
@@ -79,12 +81,14 @@ impl Budget {
             limit,
             held: 0,
             peak: 0,
+            freed: 0,
         }
     }
 
     /// Record that one holder now holds `now` bytes; `charged` is what it was charged before
     /// and is updated.
     pub fn recharge(&mut self, charged: &mut usize, now: usize) {
+        self.freed += charged.saturating_sub(now);
         self.held = self.held.saturating_sub(*charged).saturating_add(now);
         *charged = now;
         self.peak = self.peak.max(self.held);
@@ -92,7 +96,19 @@ impl Budget {
 
     /// A holder is gone: give back what it was charged.
     pub fn release(&mut self, charged: usize) {
+        let before = self.held;
         self.held = self.held.saturating_sub(charged);
+        self.freed += before - self.held;
+    }
+
+    /// Bytes given back since the last `take_freed` (whether a heap trim is worth it).
+    pub fn freed(&self) -> usize {
+        self.freed
+    }
+
+    /// Reset the freed count (a trim ran).
+    pub fn take_freed(&mut self) -> usize {
+        std::mem::take(&mut self.freed)
     }
 
     pub fn held(&self) -> usize {
@@ -114,6 +130,32 @@ impl Budget {
     /// Whether holding `extra` more bytes would pass the budget.
     pub fn would_pass(&self, extra: usize) -> bool {
         self.held.saturating_add(extra) > self.limit
+    }
+}
+
+/// Freed bytes after which the allocator is asked to give memory back (`trim_heap`).
+pub const TRIM_AFTER_FREED: usize = 1 << 20;
+
+/// How long after a large free the trim runs: frees of one burst are trimmed once, and
+/// never more often than this (malloc_trim walks the heap; it is not per-request work).
+pub const TRIM_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+extern "C" {
+    /// glibc malloc(3): release free memory at the top of the heap and, since glibc 2.8,
+    /// whole free pages inside it (madvise MADV_DONTNEED). Returns 1 if any was released.
+    fn malloc_trim(pad: usize) -> i32;
+}
+
+/// Give freed heap memory back to the system. glibc keeps freed memory of its main arena
+/// in the process (after a load, RSS stayed at ~21 MiB against 3.8 MiB idle: issue 15);
+/// other allocators (musl) return large blocks themselves, so this is a no-op there.
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes a plain size and touches only the allocator's own state;
+    // it is thread-safe, and this process has one thread anyway.
+    unsafe {
+        malloc_trim(0);
     }
 }
 
@@ -148,7 +190,14 @@ mod tests {
         b.release(c);
         assert_eq!(b.held(), 0);
         assert_eq!(b.peak(), 120);
-        // Never below zero, whatever the order of events.
+        assert_eq!(
+            b.take_freed(),
+            70 + 50,
+            "what was given back, for the heap trim"
+        );
+        assert_eq!(b.freed(), 0);
+        trim_heap(); // harmless at any time
+                     // Never below zero, whatever the order of events.
         b.release(1000);
         assert_eq!(b.held(), 0);
     }

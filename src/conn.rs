@@ -339,6 +339,15 @@ impl Conn {
         self.outq.discard_unstarted();
     }
 
+    /// Give back the spare capacity of buffers a past burst grew (output queue slots, an
+    /// empty input buffer); run with the heap trim, not per request.
+    pub fn shrink_idle(&mut self) {
+        self.trim_buffers();
+        if self.outq.is_empty() {
+            self.outq.shrink();
+        }
+    }
+
     /// Give back buffer memory that an idle connection no longer needs.
     pub fn trim_buffers(&mut self) {
         if self.inbuf.is_empty() && self.inbuf.capacity() > IDLE_INBUF_CAPACITY {

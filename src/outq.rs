@@ -117,6 +117,13 @@ impl OutQueue {
         self.bytes == 0
     }
 
+    /// Release the spare slots of an empty queue (a burst may have grown it).
+    pub fn shrink(&mut self) {
+        if self.chunks.is_empty() {
+            self.chunks = VecDeque::new();
+        }
+    }
+
     /// Drop everything not yet written (used when a connection is abandoned).
     pub fn clear(&mut self) {
         self.chunks.clear();

@@ -62,6 +62,8 @@ enum LoopTimer {
     ShutdownDeadline,
     /// A failed state save is tried again.
     RetrySave,
+    /// Large buffers were freed a moment ago: give the memory back (budget::trim_heap).
+    TrimHeap,
 }
 
 pub struct Server {
@@ -95,6 +97,8 @@ pub struct Server {
     epoch: Instant,
     /// Bytes held for peers against `--memory-budget` (budget.rs).
     budget: Budget,
+    /// A `TrimHeap` timer is armed.
+    trim_armed: bool,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -186,6 +190,7 @@ impl Server {
             scratch: vec![0u8; crate::conn::READ_CHUNK],
             epoch: Instant::now(),
             budget: Budget::new(cfg_budget),
+            trim_armed: false,
         })
     }
 
@@ -263,6 +268,12 @@ impl Server {
             }
             self.flush_dirty();
             self.reap();
+            if !self.trim_armed && self.budget.freed() >= budget::TRIM_AFTER_FREED {
+                // Armed only after large frees: an idle relay never wakes for this.
+                self.trim_armed = true;
+                self.timers
+                    .arm(Instant::now() + budget::TRIM_DELAY, LoopTimer::TrimHeap);
+            }
             if let Some(at) = self.shutdown_at {
                 if self.conns.is_empty() || Instant::now() >= at {
                     // Last-used times wait for a timer that will not fire now: save them.
@@ -1098,6 +1109,14 @@ impl Server {
             }
             LoopTimer::ShutdownDeadline => {}
             LoopTimer::RetrySave => self.persist = true,
+            LoopTimer::TrimHeap => {
+                self.trim_armed = false;
+                self.budget.take_freed();
+                for (_, c) in self.conns.iter_mut() {
+                    c.shrink_idle();
+                }
+                budget::trim_heap();
+            }
         }
     }
 

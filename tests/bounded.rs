@@ -419,3 +419,67 @@ fn the_memory_budget_holds_under_each_attack() {
         "{text}"
     );
 }
+
+#[test]
+fn memory_is_given_back_after_a_load() {
+    let p = start_provisioned(&[]);
+    let addr = p.relay.addr();
+    std::thread::sleep(millis(300));
+    let idle = rss(&p.relay);
+    // Two rounds of 16 connections × 2 MiB bodies, read whole and answered (no world is
+    // connected), then closed. glibc keeps such freed memory unless asked to trim it.
+    let mut body = b"{\"formula\":\"".to_vec();
+    body.resize(2 << 20, b'a');
+    body.extend_from_slice(b"\"}");
+    let raw = build_request(
+        "POST",
+        "/roll",
+        "x",
+        &[("Content-Type", "application/json"), ("x-api-key", p.key())],
+        Some(&body),
+    );
+    let mut peak = 0;
+    let mut pins = Vec::new();
+    for _ in 0..2 {
+        let threads: Vec<_> = (0..16)
+            .map(|_| {
+                let raw = raw.clone();
+                std::thread::spawn(move || {
+                    let mut c = HttpConn::connect(addr).ok()?;
+                    c.roundtrip(&raw, T).ok().map(|r| r.status)
+                })
+            })
+            .collect();
+        std::thread::sleep(millis(100));
+        peak = peak.max(rss(&p.relay));
+        // A client that stays, its buffer allocated while the bodies are held: freed memory
+        // below it cannot shrink the heap from its top, only a trim gives it back.
+        let mut pin = HttpConn::to(&p.relay);
+        pin.send(b"GET /api/health HTTP/1.1\r\nX-Pad: aaaa")
+            .unwrap();
+        pins.push(pin);
+        for t in threads {
+            let status = t.join().ok().flatten();
+            assert!(status.is_some_and(|s| s != 413 && s != 503), "{status:?}");
+        }
+    }
+    // The trim runs about a second after the frees.
+    let mut after = rss(&p.relay);
+    let deadline = Instant::now() + secs(5);
+    while after > 2 * idle && Instant::now() < deadline {
+        std::thread::sleep(millis(200));
+        after = rss(&p.relay);
+    }
+    eprintln!(
+        "given back: idle {} KiB, peak {} KiB, after {} KiB",
+        idle / 1024,
+        peak / 1024,
+        after / 1024
+    );
+    assert!(
+        after <= 2 * idle,
+        "rss stayed at {} KiB after the load (idle {} KiB)",
+        after / 1024,
+        idle / 1024
+    );
+}
