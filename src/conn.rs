@@ -272,6 +272,12 @@ impl Conn {
             };
         }
         let discard = matches!(self.phase, Phase::Sse(_)) || self.closing_since.is_some();
+        if discard && self.inbuf.capacity() > 0 {
+            // Nothing buffered will be used now. Left in place, it also shrank `room`
+            // below: a request refused on its head while its body kept coming was read
+            // in slivers of a few hundred bytes, a syscall each (issue 15).
+            self.inbuf = Vec::new();
+        }
         loop {
             if total >= cfg.read_budget_bytes {
                 // Stopped by the budget, not by the socket: the edge will not repeat, so
@@ -279,13 +285,17 @@ impl Conn {
                 self.read_pending = true;
                 break;
             }
-            if self.inbuf.len() >= cap {
+            if !discard && self.inbuf.len() >= cap {
                 // Stopped by the buffer cap: nothing can be read until the buffered bytes
                 // are used, and whatever uses them (an answered request: `http_done`) asks
                 // for another read. Retrying every turn would spin (pitfall 10).
                 break;
             }
-            let room = (cap - self.inbuf.len()).min(scratch.len());
+            let room = if discard {
+                scratch.len()
+            } else {
+                (cap - self.inbuf.len()).min(scratch.len())
+            };
             match self.sock.read(&mut scratch[..room]) {
                 Ok(0) => {
                     self.eof = true;
