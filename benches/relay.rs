@@ -13,7 +13,8 @@
 //!
 //! Output: a table on stdout, `target/bench/report.json` and `target/bench/report.md`.
 //! `BENCH_QUICK=1` shortens every run (under a minute). `BENCH_ONLY=forwarding,download,
-//! fanout,idle` runs a subset; `BENCH_FANOUT_SUBS=2000` sets the fan-out subscriber counts.
+//! fanout,idle,abuse` runs a subset (`abuse`: issue 15's attacks, with the relay's RSS and a
+//! probe's latency); `BENCH_FANOUT_SUBS=2000` sets the fan-out subscriber counts.
 //! With `URL`, `KEY` and `CLIENT_ID` in the environment the bench runs only the forwarding
 //! load, alternating between our relay and that external one (loopback only), and prints both
 //! rows.
@@ -238,6 +239,9 @@ fn run() -> Res<()> {
         }
         if wants("fanout") {
             report["fanout"] = Value::Array(fanout(&env, &set)?);
+        }
+        if wants("abuse") {
+            report["abuse"] = Value::Array(abuse(&env, &set)?);
         }
     }
     report["elapsed_s"] = json!(round2(started.elapsed().as_secs_f64()));
@@ -1231,6 +1235,11 @@ struct RelayProc {
 impl RelayProc {
     /// Start the binary on 127.0.0.1:0 and read the port from its one stdout line.
     fn start(env: &Env, name: &str) -> Res<RelayProc> {
+        RelayProc::start_with(env, name, &[])
+    }
+
+    /// `start` with extra flags after the bench's own.
+    fn start_with(env: &Env, name: &str, extra: &[&str]) -> Res<RelayProc> {
         let log_path = env.out.join(format!("relay-{name}.log"));
         let log =
             fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
@@ -1238,6 +1247,7 @@ impl RelayProc {
         let mut child = Command::new(&env.bin)
             .args(["--listen", "127.0.0.1:0", "--data-dir", &dir])
             .args(RELAY_FLAGS)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -2168,6 +2178,20 @@ fn columns(section: &str) -> &'static [(&'static str, &'static str)] {
             ("loadgen_cpu_pct", "loadgen CPU %"),
             ("skipped", "note"),
         ],
+        "abuse" => &[
+            ("attack", "attack"),
+            ("rss_before_kib", "RSS before KiB"),
+            ("rss_peak_kib", "RSS peak KiB"),
+            ("rss_after_1s_kib", "RSS +1 s KiB"),
+            ("rss_after_1min_kib", "RSS +1 min KiB"),
+            ("probe_answers", "probe n"),
+            ("probe_p50_ms", "probe p50 ms"),
+            ("probe_p99_ms", "probe p99 ms"),
+            ("probe_max_ms", "probe max ms"),
+            ("probe_p99_target_ms", "p99 target ms"),
+            ("probe_p99_met", "target met"),
+            ("attack_s", "attack s"),
+        ],
         _ => &[
             ("connections", "connections"),
             ("kind", "kind"),
@@ -2260,12 +2284,289 @@ fn markdown(r: &Value) -> String {
             "Fan-out: chat events from the world to subscribers",
         ),
         ("idle", "Idle connections"),
+        (
+            "abuse",
+            "Abuse (issue 15): relay RSS and a probe's latency while one client misbehaves",
+        ),
     ] {
         if let Some(rows) = r[section].as_array() {
             let _ = writeln!(md, "## {title}\n\n{}", table(section, rows));
         }
     }
     md
+}
+
+// ---------------------------------------------------------------------------------------------
+// Abuse (issue 15): memory and loop stalls under one misbehaving client
+// ---------------------------------------------------------------------------------------------
+
+/// The strict probe target of issue 15: p99 of `GET /api/health` under each attack.
+const PROBE_P99_TARGET_MS: f64 = 50.0;
+
+/// Each attack of issue 15 against one relay with the default `--memory-budget`, while a
+/// probe asks `GET /api/health` every 10 ms on its own keep-alive connection: RSS before,
+/// its peak (sampled every 10 ms), one second after the attack's sockets closed, and (after
+/// the last attack) a minute later; the probe's latencies against `PROBE_P99_TARGET_MS`.
+fn abuse(env: &Env, set: &Settings) -> Res<Vec<Value>> {
+    let relay = RelayProc::start_with(env, "abuse", &[])?;
+    let addr = relay.addr;
+    let pid = relay.pid;
+    thread::sleep(Duration::from_millis(500));
+    let idle_kib = proc_status_kib(pid, "VmRSS")?;
+    let mut rows = vec![json!({"attack": "idle", "rss_before_kib": idle_kib})];
+    let scale = if set.quick { 4 } else { 1 };
+    type Attack = Box<dyn Fn(SocketAddr, &str) -> Vec<TcpStream>>;
+    let attacks: Vec<(String, Attack)> = vec![
+        (
+            format!(
+                "8 x {} pipelined GET /admin/app.js, never read",
+                20_000 / scale
+            ),
+            Box::new(move |a, _| {
+                let req = b"GET /admin/app.js HTTP/1.1\r\nHost: b\r\n\r\n";
+                (0..8)
+                    .filter_map(|_| abuse_pipeline(a, req, 20_000 / scale, false))
+                    .collect()
+            }),
+        ),
+        (
+            "16 x 4 MiB unauthenticated bodies + 16 x 32 MiB keyed uploads, held".into(),
+            Box::new(|a, key| {
+                let mut socks = abuse_bodies(
+                    a,
+                    "POST /auth/pair HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\nContent-Length: 4194304\r\n\r\n",
+                    4 << 20,
+                    16,
+                );
+                let up = format!(
+                    "POST /upload?path=a&filename=b HTTP/1.1\r\nHost: b\r\nx-api-key: {key}\r\nContent-Type: application/octet-stream\r\nContent-Length: 33554432\r\n\r\n"
+                );
+                socks.extend(abuse_bodies(a, &up, 32 << 20, 16));
+                socks
+            }),
+        ),
+        (
+            "16 x /relay first message of 64 MiB (4 MiB sent)".into(),
+            Box::new(|a, _| (0..16).filter_map(|i| abuse_preauth(a, i)).collect()),
+        ),
+        (
+            format!("{} pipelined GET /openapi.json, read", 2000 / scale),
+            Box::new(move |a, _| {
+                let req = b"GET /openapi.json HTTP/1.1\r\nHost: b\r\n\r\n";
+                abuse_pipeline(a, req, 2000 / scale, true)
+                    .into_iter()
+                    .collect()
+            }),
+        ),
+        (
+            format!("{} pipelined GET /asyncapi.json, read", 5000 / scale),
+            Box::new(move |a, _| {
+                let req = b"GET /asyncapi.json HTTP/1.1\r\nHost: b\r\n\r\n";
+                abuse_pipeline(a, req, 5000 / scale, true)
+                    .into_iter()
+                    .collect()
+            }),
+        ),
+    ];
+    for (name, attack) in attacks {
+        let before = proc_status_kib(pid, "VmRSS")?;
+        let stop = Arc::new(AtomicU64::new(0));
+        let sampler = {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let mut peak = 0;
+                while stop.load(Ordering::Relaxed) == 0 {
+                    peak = peak.max(proc_status_kib(pid, "VmRSS").unwrap_or(0));
+                    thread::sleep(Duration::from_millis(10));
+                }
+                peak
+            })
+        };
+        let probe = {
+            let stop = stop.clone();
+            thread::spawn(move || abuse_probe(addr, &stop))
+        };
+        let t0 = Instant::now();
+        let socks = attack(addr, &env.key);
+        // Let the relay work through what it was sent (the readers drain the answers).
+        thread::sleep(Duration::from_millis(1500));
+        let attack_s = t0.elapsed().as_secs_f64();
+        stop.store(1, Ordering::Relaxed);
+        let peak = sampler.join().unwrap_or(0);
+        let mut lat = probe.join().unwrap_or_default();
+        drop(socks);
+        thread::sleep(Duration::from_secs(1));
+        let after = proc_status_kib(pid, "VmRSS")?;
+        lat.sort_by(|a, b| a.total_cmp(b));
+        let q = |p: f64| -> Value {
+            if lat.is_empty() {
+                return Value::Null;
+            }
+            let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
+            json!(round2(lat[i]))
+        };
+        let p99 = q(0.99);
+        let row = json!({
+            "attack": name,
+            "rss_before_kib": before,
+            "rss_peak_kib": peak,
+            "rss_after_1s_kib": after,
+            "probe_answers": lat.len(),
+            "probe_p50_ms": q(0.50),
+            "probe_p99_ms": p99,
+            "probe_max_ms": lat.last().map(|v| json!(round2(*v))).unwrap_or(Value::Null),
+            "probe_p99_target_ms": PROBE_P99_TARGET_MS,
+            "probe_p99_met": p99.as_f64().is_some_and(|v| v < PROBE_P99_TARGET_MS),
+            "attack_s": round2(attack_s),
+        });
+        print_row("abuse", &row);
+        rows.push(row);
+    }
+    let wait = Duration::from_secs(if set.quick { 10 } else { 60 });
+    thread::sleep(wait);
+    let later = proc_status_kib(pid, "VmRSS")?;
+    let row = json!({
+        "attack": format!("{} s after the last attack", wait.as_secs()),
+        "rss_after_1min_kib": later,
+        "rss_before_kib": idle_kib,
+    });
+    print_row("abuse", &row);
+    rows.push(row);
+    Ok(rows)
+}
+
+/// `GET /api/health` every 10 ms until `stop`; latencies in ms (a failure counts as 10 s).
+fn abuse_probe(addr: SocketAddr, stop: &AtomicU64) -> Vec<f64> {
+    let mut lat = Vec::new();
+    let mut conn: Option<TcpStream> = None;
+    let mut buf = vec![0u8; 4096];
+    while stop.load(Ordering::Relaxed) == 0 {
+        let t0 = Instant::now();
+        let s = match conn.as_mut() {
+            Some(s) => s,
+            None => match TcpStream::connect(addr) {
+                Ok(s) => {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                    let _ = s.set_nodelay(true);
+                    conn.insert(s)
+                }
+                Err(_) => {
+                    lat.push(10_000.0);
+                    continue;
+                }
+            },
+        };
+        let ok = s
+            .write_all(b"GET /api/health HTTP/1.1\r\nHost: probe\r\n\r\n")
+            .is_ok()
+            && {
+                // One small response: read until the blank line and the Content-Length body.
+                let mut got = Vec::new();
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break false,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                    if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if got.len() >= end + 4 + len {
+                            break true;
+                        }
+                    }
+                }
+            };
+        if ok {
+            lat.push(t0.elapsed().as_secs_f64() * 1000.0);
+        } else {
+            lat.push((t0.elapsed().as_secs_f64() * 1000.0).max(10_000.0));
+            conn = None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    lat
+}
+
+/// `n` copies of `req` on one connection, written by a thread (given up after 5 s blocked);
+/// with `read`, another thread discards the answers.
+fn abuse_pipeline(addr: SocketAddr, req: &[u8], n: usize, read: bool) -> Option<TcpStream> {
+    let s = TcpStream::connect(addr).ok()?;
+    s.set_write_timeout(Some(Duration::from_secs(5))).ok()?;
+    if read {
+        let mut r = s.try_clone().ok()?;
+        thread::spawn(move || {
+            let mut buf = vec![0u8; 256 * 1024];
+            while matches!(r.read(&mut buf), Ok(n) if n > 0) {}
+        });
+    }
+    let mut w = s.try_clone().ok()?;
+    let batch = req.repeat(100);
+    let per = req.len();
+    thread::spawn(move || {
+        let mut sent = 0;
+        while sent < n {
+            let k = (n - sent).min(100);
+            if w.write_all(&batch[..k * per]).is_err() {
+                break;
+            }
+            sent += k;
+        }
+    });
+    Some(s)
+}
+
+/// `n` connections that send `head` and all but the last byte of a `len`-byte body.
+fn abuse_bodies(addr: SocketAddr, head: &str, len: usize, n: usize) -> Vec<TcpStream> {
+    let chunk = vec![b'a'; 256 * 1024];
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let Ok(mut s) = TcpStream::connect(addr) else {
+            continue;
+        };
+        let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+        if s.write_all(head.as_bytes()).is_ok() {
+            let mut left = len - 1;
+            while left > 0 {
+                let k = left.min(chunk.len());
+                if s.write_all(&chunk[..k]).is_err() {
+                    break; // refused on its head: the relay stopped reading
+                }
+                left -= k;
+            }
+        }
+        out.push(s);
+    }
+    out
+}
+
+/// A `/relay` upgrade whose first frame announces 64 MiB, followed by 4 MiB of it.
+fn abuse_preauth(addr: SocketAddr, i: usize) -> Option<TcpStream> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_write_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let up = format!(
+        "GET /relay?id=abuse{i} HTTP/1.1\r\nHost: b\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.write_all(up.as_bytes()).ok()?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let mut frame = vec![0x81u8, 0xFF];
+    frame.extend_from_slice(&(64u64 << 20).to_be_bytes());
+    frame.extend_from_slice(&[1, 2, 3, 4]);
+    let _ = s.write_all(&frame);
+    let _ = s.write_all(&vec![b'a'; 4 << 20]);
+    Some(s)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -228,8 +228,17 @@ options! {
         max_head_bytes: usize = size("16K"), "bytes";
         /// Most header fields in one request; more is refused with 431.
         max_headers: usize = count("100"), "headers";
-        /// Largest request body; more is refused with 413. Uploads to the world pass here.
-        max_body_bytes: usize = size("64M"), "bytes";
+        /// Largest request body, for `POST /upload` with a valid key only (every other
+        /// route gets --max-json-body-bytes); more is refused with 413 before the body is
+        /// read. 32 MiB carries a 24 MiB file as base64 JSON (or a 32 MiB raw one), and an
+        /// upload also holds its base64 message to the world (4/3 of the file): about
+        /// 75 MiB at most, which fits the default --memory-budget with room to spare.
+        max_body_bytes: usize = size("32M"), "bytes";
+        /// Largest request body on every route but `/upload`: JSON for /create, /update,
+        /// /execute-js, pairing and admin calls (a big actor update is a few hundred KiB).
+        /// A request whose route or key cannot use a body is refused (401/403/404/405/413,
+        /// then close) before its body is read.
+        max_json_body_bytes: usize = size("4M"), "bytes";
         /// Longest chunk-size line of a chunked body (size plus ignored extensions); more
         /// is refused with 400.
         max_chunk_line: usize = size("4K"), "bytes";
@@ -252,6 +261,15 @@ options! {
         /// Bytes of pipelined requests buffered behind the one in flight on a keep-alive
         /// connection; past this the connection stops reading until the answer leaves.
         pipeline_buffer_bytes: usize = size("32K"), "bytes";
+        /// Response bytes queued for a keep-alive client above which its next pipelined
+        /// request waits (and reading stops) until the client reads: as nginx does, so a
+        /// client that pipelines without reading holds at most this plus one response.
+        /// Answering a request does not restart the keep-alive timer while answers wait
+        /// unread; only written bytes do.
+        pipeline_outq_bytes: usize = size("64K"), "bytes";
+        /// Pipelined requests answered on one connection per loop turn before the other
+        /// connections get their turn (WebSocket messages have the same rule).
+        requests_per_turn: usize = count("16"), "requests";
         /// How long a closing connection waits for the peer's EOF (or close frame) after
         /// our last bytes, before the socket is dropped anyway.
         close_linger: Duration = duration("2s"), "time";
@@ -262,6 +280,11 @@ options! {
         module_max_message: usize = size("64M"), "bytes";
         /// Largest single frame on the world link.
         module_max_frame: usize = size("64M"), "bytes";
+        /// Largest message (and frame) on a world link before its auth message succeeded:
+        /// the auth message is a few hundred bytes, so a stranger cannot make the relay
+        /// buffer --module-max-message per connection for --auth-timeout; larger closes
+        /// with 1009. The full limit applies from auth-success on.
+        module_preauth_max_message: usize = size("8K"), "bytes";
         /// Interval between control pings to the world link.
         module_ping_interval: Duration = duration("20s"), "time";
         /// A world link with no frame at all for this long is dropped. Liveness rests on
@@ -297,6 +320,14 @@ options! {
         auth_timeout: Duration = duration("10s"), "time";
     }
     section "Output queues" {
+        /// Bytes the relay may hold for its peers in all: input buffers, request bodies,
+        /// queued output. Past it, unauthenticated work is shed, the largest first (HTTP 503
+        /// and close, WebSocket 1013; counted in fvtt_relay_shed_total), and a body that
+        /// would pass it is refused on its head; world links and authenticated clients
+        /// are never shed. 128 MiB suits a 1 GB Raspberry Pi that also runs the OS and
+        /// often Foundry itself (Node, 300-500 MB): one full --max-body-bytes upload with
+        /// its message to the world (about 75 MiB) still fits beside ordinary traffic.
+        memory_budget: usize = size("128M"), "bytes";
         /// Bytes queued for one client above which the slow-consumer grace starts.
         outq_soft_bytes: usize = size("1M"), "bytes";
         /// Bytes queued for one client above which it is closed at once (WebSocket 1008
@@ -566,6 +597,13 @@ static RULES: &[Rule] = &[
         b: "module_outq_hard_bytes",
         why: "one full-size message to the world must not close its link",
         holds: |c| c.module_max_message <= c.module_outq_hard_bytes,
+    },
+    Rule {
+        a: "max_json_body_bytes",
+        op: Op::AtMost,
+        b: "max_body_bytes",
+        why: "the upload limit is the largest body limit",
+        holds: |c| c.max_json_body_bytes <= c.max_body_bytes,
     },
     Rule {
         a: "max_connections_per_ip",
@@ -1016,7 +1054,8 @@ mod tests {
             test_echo: false,
             max_head_bytes: 16 * K,
             max_headers: 100,
-            max_body_bytes: 64 * M,
+            max_body_bytes: 32 * M,
+            max_json_body_bytes: 4 * M,
             max_chunk_line: 4 * K,
             max_trailer_bytes: 8 * K,
             head_timeout: secs(10),
@@ -1026,9 +1065,12 @@ mod tests {
             max_connections_per_ip: 512,
             read_budget_bytes: 256 * K,
             pipeline_buffer_bytes: 32 * K,
+            pipeline_outq_bytes: 64 * K,
+            requests_per_turn: 16,
             close_linger: secs(2),
             module_max_message: 64 * M,
             module_max_frame: 64 * M,
+            module_preauth_max_message: 8 * K,
             module_ping_interval: secs(20),
             module_idle_timeout: secs(40),
             world_history: 8,
@@ -1043,6 +1085,7 @@ mod tests {
             events_max_queue_messages: 256,
             echo_max_message: 16 * M,
             auth_timeout: secs(10),
+            memory_budget: 128 * M,
             outq_soft_bytes: M,
             outq_hard_bytes: 8 * M,
             outq_hard_messages: 4096,
@@ -1368,7 +1411,17 @@ mod tests {
                 Some("--max-connections-per-ip must not exceed --max-connections"),
             ),
             // NOT a rule: the module message limit may exceed the HTTP body limit.
-            (|c| c.max_body_bytes = 1024, None),
+            (
+                |c| {
+                    c.max_body_bytes = 1024;
+                    c.max_json_body_bytes = 1024;
+                },
+                None,
+            ),
+            (
+                |c| c.max_json_body_bytes = 64 * M,
+                Some("--max-json-body-bytes must not exceed --max-body-bytes"),
+            ),
             (|c| c.outq_soft_bytes = c.outq_hard_bytes, None),
             // hand-built values meet the parser's bounds
             (

@@ -73,6 +73,9 @@ struct PendingBody {
     decoder: BodyDecoder,
     body: Vec<u8>,
     started: Instant,
+    /// Charged to the memory budget from admission on (the declared length, or the
+    /// route's limit for a chunked body), so admissions cannot all pass at once.
+    reserved: usize,
 }
 
 pub struct WsPhase {
@@ -84,6 +87,9 @@ pub struct WsPhase {
     idle_timeout: Option<Duration>,
     /// The link stopped at its message budget and may hold complete frames already.
     more: bool,
+    /// A world link whose auth message has not succeeded yet: small message limit, one
+    /// message per step (so the full limit applies from the message after the auth).
+    pub preauth: bool,
 }
 
 pub struct SsePhase {
@@ -97,6 +103,9 @@ pub enum HttpStep {
     Idle,
     /// A complete request for the loop to route.
     Request(Head, Vec<u8>),
+    /// The head of a request with a body: the relay decides (`Input::Head`) whether and up
+    /// to what size the body is read (`http_begin_body`), before any of it is.
+    Head(Head),
     /// A framing error: answer it and close.
     Error(HttpError),
 }
@@ -150,6 +159,18 @@ pub struct Conn {
     pub pending_accept: Option<String>,
     /// Already on the loop's flush list for this turn.
     pub on_dirty_list: bool,
+    /// HTTP: the next pipelined request waits until the queued answers drain below
+    /// `--pipeline-outq-bytes` (the flush resumes it).
+    pub http_stalled: bool,
+    /// The relay accepted this connection's credentials (a key on an HTTP request, a world's
+    /// auth message, a WebSocket's auth): the memory budget never sheds it.
+    pub trusted: bool,
+    /// Bytes charged to the memory budget for this connection (`held_bytes` when last
+    /// counted).
+    pub charged: usize,
+    /// When the socket last took bytes from the queue: an HTTP client that reads keeps its
+    /// keep-alive; one that only sends does not.
+    pub last_write: Instant,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -196,6 +217,10 @@ impl Conn {
             wr_shut: false,
             pending_accept: None,
             on_dirty_list: false,
+            http_stalled: false,
+            trusted: false,
+            charged: 0,
+            last_write: now,
         }
     }
 
@@ -227,7 +252,7 @@ impl Conn {
     /// How many bytes the input buffer may hold in the current phase before we stop reading.
     fn read_cap(&self, cfg: &Config) -> usize {
         match &self.phase {
-            Phase::Http(h) if h.awaiting => cfg.pipeline_buffer_bytes,
+            Phase::Http(h) if h.awaiting || self.http_backlogged(cfg) => cfg.pipeline_buffer_bytes,
             Phase::Http(_) => cfg.max_head_bytes + cfg.read_budget_bytes,
             // tungstenite keeps partial frames in its own buffer; ours only stages reads.
             Phase::Ws(_) => cfg.read_budget_bytes + 64 * 1024,
@@ -252,6 +277,12 @@ impl Conn {
             };
         }
         let discard = matches!(self.phase, Phase::Sse(_)) || self.closing_since.is_some();
+        if discard && self.inbuf.capacity() > 0 {
+            // Nothing buffered will be used now. Left in place, it also shrank `room`
+            // below: a request refused on its head while its body kept coming was read
+            // in slivers of a few hundred bytes, a syscall each (issue 15).
+            self.inbuf = Vec::new();
+        }
         loop {
             if total >= cfg.read_budget_bytes {
                 // Stopped by the budget, not by the socket: the edge will not repeat, so
@@ -259,13 +290,17 @@ impl Conn {
                 self.read_pending = true;
                 break;
             }
-            if self.inbuf.len() >= cap {
+            if !discard && self.inbuf.len() >= cap {
                 // Stopped by the buffer cap: nothing can be read until the buffered bytes
                 // are used, and whatever uses them (an answered request: `http_done`) asks
                 // for another read. Retrying every turn would spin (pitfall 10).
                 break;
             }
-            let room = (cap - self.inbuf.len()).min(scratch.len());
+            let room = if discard {
+                scratch.len()
+            } else {
+                (cap - self.inbuf.len()).min(scratch.len())
+            };
             match self.sock.read(&mut scratch[..room]) {
                 Ok(0) => {
                     self.eof = true;
@@ -293,6 +328,38 @@ impl Conn {
         ReadResult {
             bytes: total,
             error: false,
+        }
+    }
+
+    /// What this connection holds for its peer: input buffer, a body being read, owned
+    /// output (the memory budget's measure, budget.rs).
+    pub fn held_bytes(&self) -> usize {
+        let body = match &self.phase {
+            Phase::Http(h) => h
+                .body
+                .as_ref()
+                .map_or(0, |b| b.body.capacity().max(b.reserved)),
+            _ => 0,
+        };
+        self.inbuf.capacity() + body + self.outq.owned_bytes()
+    }
+
+    /// Drop everything buffered for the peer, for the memory budget: unread input, a body
+    /// being read, output not yet started. The caller then answers or closes.
+    pub fn shed_buffers(&mut self) {
+        self.inbuf = Vec::new();
+        if let Phase::Http(h) = &mut self.phase {
+            h.body = None;
+        }
+        self.outq.discard_unstarted();
+    }
+
+    /// Give back the spare capacity of buffers a past burst grew (output queue slots, an
+    /// empty input buffer); run with the heap trim, not per request.
+    pub fn shrink_idle(&mut self) {
+        self.trim_buffers();
+        if self.outq.is_empty() {
+            self.outq.shrink();
         }
     }
 
@@ -341,22 +408,11 @@ impl Conn {
                             return HttpStep::Request(head, Vec::new());
                         }
                         _ => {
-                            // RFC 9110 §10.1.1: send 100 only if the body has not started.
-                            if head.expect_continue && self.inbuf.is_empty() {
-                                self.outq.push_slice(CONTINUE_100);
-                            }
-                            let decoder = BodyDecoder::new(&head.body, cfg.max_body_bytes as u64)
-                                .chunk_limits(cfg.max_chunk_line, cfg.max_trailer_bytes);
-                            let cap = match head.body {
-                                BodyKind::Length(n) => n.min(1 << 20) as usize,
-                                _ => 0,
-                            };
-                            h.body = Some(PendingBody {
-                                head,
-                                decoder,
-                                body: Vec::with_capacity(cap),
-                                started: now,
-                            });
+                            // A refusal of this head answers it and closes.
+                            h.cur_keep_alive = false;
+                            h.cur_head = false;
+                            h.cur_minor = head.minor_version;
+                            return HttpStep::Head(head);
                         }
                     }
                 }
@@ -382,13 +438,56 @@ impl Conn {
         HttpStep::Idle
     }
 
+    /// Read the body of an admitted head, up to `limit` bytes (413 past it).
+    pub fn http_begin_body(
+        &mut self,
+        head: Head,
+        limit: usize,
+        reserved: usize,
+        cfg: &Config,
+        now: Instant,
+    ) {
+        let Phase::Http(h) = &mut self.phase else {
+            return;
+        };
+        // RFC 9110 §10.1.1: send 100 only if the body has not started.
+        if head.expect_continue && self.inbuf.is_empty() {
+            self.outq.push_slice(CONTINUE_100);
+        }
+        let decoder = BodyDecoder::new(&head.body, limit as u64)
+            .chunk_limits(cfg.max_chunk_line, cfg.max_trailer_bytes);
+        // Grow with what arrives rather than trusting the declared length up front.
+        let cap = match head.body {
+            BodyKind::Length(n) => n.min(64 * 1024) as usize,
+            _ => 0,
+        };
+        h.body = Some(PendingBody {
+            head,
+            decoder,
+            body: Vec::with_capacity(cap),
+            started: now,
+            reserved,
+        });
+    }
+
     /// The request in flight was answered; the connection may read its next one.
-    pub fn http_done(&mut self, now: Instant) {
+    /// `caught_up`: the client had read every earlier answer. Only then does the keep-alive
+    /// timer start over: a client that pipelines (or trickles) requests without reading
+    /// must not keep its connection forever by asking again (issue 15).
+    pub fn http_done(&mut self, now: Instant, caught_up: bool) {
         if let Phase::Http(h) = &mut self.phase {
             h.awaiting = false;
-            h.idle_since = now;
+            if caught_up {
+                h.idle_since = now;
+            }
         }
         self.read_pending = true;
+    }
+
+    /// Answers wait unread beyond `--pipeline-outq-bytes`: the next pipelined request is
+    /// not processed (nor more input read) until the client reads.
+    pub fn http_backlogged(&self, cfg: &Config) -> bool {
+        matches!(self.phase, Phase::Http(_)) && self.outq.bytes() > cfg.pipeline_outq_bytes
     }
 
     /// (keep-alive, HEAD request, HTTP minor version) of the request in flight.
@@ -420,7 +519,14 @@ impl Conn {
     }
 
     pub fn upgrade_ws(&mut self, endpoint: Endpoint, cfg: &Config, now: Instant) {
-        let (limits, ping, idle) = ws_settings(endpoint, cfg);
+        let (mut limits, ping, idle) = ws_settings(endpoint, cfg);
+        let preauth = endpoint == Endpoint::Module;
+        // /ws/events authenticates before the upgrade (relay/gateway.rs).
+        self.trusted = endpoint == Endpoint::Events;
+        if preauth {
+            limits.max_message = limits.max_message.min(cfg.module_preauth_max_message);
+            limits.max_frame = limits.max_frame.min(cfg.module_preauth_max_message);
+        }
         self.set_phase(Phase::Ws(WsPhase {
             link: Link::new(limits),
             endpoint,
@@ -429,17 +535,36 @@ impl Conn {
             ping_interval: ping,
             idle_timeout: idle,
             more: false,
+            preauth,
         }));
         // Bytes that followed the handshake in the same read are frames: keep them.
         self.read_pending = true;
     }
 
     pub fn start_sse(&mut self, cfg: &Config, now: Instant) {
+        // Every stream route checked a key first.
+        self.trusted = true;
         self.set_phase(Phase::Sse(SsePhase {
             next_keepalive: now + cfg.sse_keepalive,
             interval: cfg.sse_keepalive,
         }));
         self.inbuf.clear();
+    }
+
+    /// The relay accepted this WebSocket's credentials: its endpoint's full limits apply.
+    pub fn ws_authenticated(&mut self, cfg: &Config) {
+        if let Phase::Ws(w) = &mut self.phase {
+            if w.preauth {
+                w.preauth = false;
+                let (limits, _, _) = ws_settings(w.endpoint, cfg);
+                w.link.set_limits(limits.max_message, limits.max_frame);
+            }
+        }
+    }
+
+    /// A world link still waiting for its auth message to succeed.
+    pub fn ws_preauth(&self) -> bool {
+        matches!(&self.phase, Phase::Ws(w) if w.preauth)
     }
 
     pub fn endpoint(&self) -> Option<Endpoint> {
@@ -531,7 +656,11 @@ impl Conn {
     /// Keeps `write_stall_from` current: reset by every byte written, cleared when empty.
     pub fn flush(&mut self, budget: usize, now: Instant) -> io::Result<Flush> {
         let before = self.outq.written_total;
-        let r = self.outq.write_to(&mut self.sock, budget)?;
+        let r = self.outq.write_to(&mut self.sock, budget);
+        if self.outq.written_total != before {
+            self.last_write = now;
+        }
+        let r = r?;
         if r == Flush::Drained && self.write_stall_from.is_some() {
             // A response that took a while to leave: the keep-alive idle time starts now,
             // not when it was queued.
@@ -601,7 +730,7 @@ impl Conn {
                     // A response still leaving is not idle: it ends only if it stalls.
                     at(t);
                 } else if !h.awaiting {
-                    at(h.idle_since + cfg.keepalive_timeout);
+                    at(h.idle_since.max(self.last_write) + cfg.keepalive_timeout);
                 }
             }
             Phase::Ws(w) => {
@@ -657,7 +786,9 @@ impl Conn {
                     if now >= t {
                         return Due::Drop("no write progress on a response");
                     }
-                } else if !h.awaiting && now >= h.idle_since + cfg.keepalive_timeout {
+                } else if !h.awaiting
+                    && now >= h.idle_since.max(self.last_write) + cfg.keepalive_timeout
+                {
                     return Due::Drop("keep-alive idle timeout");
                 }
                 Due::Nothing

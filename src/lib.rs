@@ -2,6 +2,7 @@
 //! See docs/ARCHITECTURE.md for the module map and the data flow.
 
 pub mod auth;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod conn;

@@ -44,6 +44,8 @@ pub struct Metrics {
     pub slow_ws_events: u64,
     pub slow_module: u64,
     pub slow_other: u64,
+    /// Work shed by the memory budget, by `budget::ShedReason::index`.
+    pub shed: [u64; 3],
     pub world_connects: u64,
     pub module_notices: u64,
     pub state_saves: u64,
@@ -201,6 +203,22 @@ impl Metrics {
                 ("{transport=\"module\"}", self.slow_module),
                 ("{transport=\"other\"}", self.slow_other),
             ],
+        );
+        let shed: Vec<(String, u64)> = crate::budget::ShedReason::ALL
+            .iter()
+            .map(|r| {
+                (
+                    format!("{{reason=\"{}\"}}", r.label()),
+                    self.shed[r.index()],
+                )
+            })
+            .collect();
+        let shed: Vec<(&str, u64)> = shed.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        one(
+            "shed_total",
+            "counter",
+            "Unauthenticated work shed because the relay reached --memory-budget.",
+            &shed,
         );
         one(
             "world_connects_total",

@@ -54,6 +54,9 @@ pub struct OutQueue {
     pub soft_since: Option<Instant>,
     /// Total bytes ever written (for metrics and tests).
     pub written_total: u64,
+    /// Bytes of owned (not shared) chunks still queued: what this queue alone keeps alive,
+    /// for the memory budget.
+    owned: usize,
 }
 
 impl OutQueue {
@@ -66,6 +69,7 @@ impl OutQueue {
             return;
         }
         self.bytes += v.len();
+        self.owned += v.len();
         if v.len() < COALESCE_LIMIT {
             // Only coalesce into a tail that is not the partially written front chunk, so
             // head_off keeps pointing into stable bytes.
@@ -94,6 +98,11 @@ impl OutQueue {
         self.chunks.push_back(Chunk::Shared(r));
     }
 
+    /// Bytes of owned chunks queued (shared chunks belong to a fan-out, counted nowhere).
+    pub fn owned_bytes(&self) -> usize {
+        self.owned
+    }
+
     /// Unwritten bytes.
     pub fn bytes(&self) -> usize {
         self.bytes
@@ -108,11 +117,19 @@ impl OutQueue {
         self.bytes == 0
     }
 
+    /// Release the spare slots of an empty queue (a burst may have grown it).
+    pub fn shrink(&mut self) {
+        if self.chunks.is_empty() {
+            self.chunks = VecDeque::new();
+        }
+    }
+
     /// Drop everything not yet written (used when a connection is abandoned).
     pub fn clear(&mut self) {
         self.chunks.clear();
         self.head_off = 0;
         self.bytes = 0;
+        self.owned = 0;
     }
 
     /// Drop every chunk not yet started, keeping a partially written front chunk intact so
@@ -124,6 +141,10 @@ impl OutQueue {
             self.chunks.clear();
             if let Some(f) = front {
                 self.bytes = f.as_slice().len() - self.head_off;
+                self.owned = match &f {
+                    Chunk::Owned(v) => v.len(),
+                    Chunk::Shared(_) => 0,
+                };
                 self.chunks.push_back(f);
             }
         } else {
@@ -175,7 +196,9 @@ impl OutQueue {
             let left = front.as_slice().len() - self.head_off;
             if n >= left {
                 n -= left;
-                self.chunks.pop_front();
+                if let Some(Chunk::Owned(v)) = self.chunks.pop_front() {
+                    self.owned = self.owned.saturating_sub(v.len());
+                }
                 self.head_off = 0;
             } else {
                 self.head_off += n;
@@ -218,6 +241,7 @@ mod tests {
         let shared: Rc<[u8]> = Rc::from(&b"shared "[..]);
         q.push_shared(shared.clone());
         q.push(b"world".to_vec());
+        assert_eq!(q.owned_bytes(), 11, "the shared chunk is not this queue's");
         let mut w = Trickle {
             got: vec![],
             cap: 3,
@@ -228,6 +252,7 @@ mod tests {
         w.calls_left = 100;
         assert_eq!(q.write_to(&mut w, usize::MAX).unwrap(), Flush::Drained);
         assert_eq!(w.got, b"hello shared world");
+        assert_eq!(q.owned_bytes(), 0);
         assert!(q.is_empty());
         assert_eq!(q.chunks(), 0);
     }

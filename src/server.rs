@@ -21,6 +21,7 @@ use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
+use crate::budget::{self, Budget, Candidate, ShedReason};
 use crate::config::Config;
 use crate::conn::{Conn, Due, HttpStep, Phase};
 use crate::deadline::Deadlines;
@@ -40,6 +41,10 @@ use crate::ws::link::{frame_text_into, WsEvent};
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
 const FIRST_CONN: usize = 2;
+
+/// What a client shed by the memory budget is told (budget.rs).
+const SHED_MESSAGE: &str = "Server over its memory budget, try again later";
+const SHED_CLOSE: WsClose = WsClose::new(1013, "Server over its memory budget");
 
 /// WebSocket messages parsed from one connection per turn.
 const WS_MESSAGES_PER_TURN: usize = 64;
@@ -67,6 +72,8 @@ enum LoopTimer {
     Watchdog,
     /// A rate-limited `STATUS=` update is due.
     Status,
+    /// Large buffers were freed a moment ago: give the memory back (budget::trim_heap).
+    TrimHeap,
 }
 
 pub struct Server {
@@ -109,6 +116,10 @@ pub struct Server {
     clients: usize,
     /// TEST ONLY: how long SIGUSR1 blocks the loop (`TEST_WEDGE_ENV`).
     test_wedge: Option<Duration>,
+    /// Bytes held for peers against `--memory-budget` (budget.rs).
+    budget: Budget,
+    /// A `TrimHeap` timer is armed.
+    trim_armed: bool,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -163,6 +174,7 @@ impl Server {
     /// The relay saves its own owner changes through `store` (relay/durable.rs).
     pub fn bind(cfg: Config, store: Store, mut relay: Relay) -> Result<Server, Fatal> {
         relay.set_saver(Box::new(store));
+        let cfg_budget = cfg.memory_budget;
         let poll = Poll::new().map_err(|e| Fatal::Io(format!("poll: {e}")))?;
         let mut listener = TcpListener::bind(cfg.listen)
             .map_err(|e| Fatal::Bind(format!("{}: {e}", cfg.listen)))?;
@@ -212,6 +224,8 @@ impl Server {
             status_timer: false,
             clients: 0,
             test_wedge,
+            budget: Budget::new(cfg_budget),
+            trim_armed: false,
         })
     }
 
@@ -264,6 +278,8 @@ impl Server {
             for id in ready {
                 self.on_readable(id, now);
             }
+            // Reads may have grown buffers past the budget: shed before answering more.
+            self.enforce_budget(now);
             due.clear();
             self.timers.expired(now, &mut due);
             for t in due.drain(..) {
@@ -276,6 +292,12 @@ impl Server {
             self.reap();
             if self.notify.enabled() && self.shutdown_at.is_none() {
                 self.update_status(now);
+            }
+            if !self.trim_armed && self.budget.freed() >= budget::TRIM_AFTER_FREED {
+                // Armed only after large frees: an idle relay never wakes for this.
+                self.trim_armed = true;
+                self.timers
+                    .arm(Instant::now() + budget::TRIM_DELAY, LoopTimer::TrimHeap);
             }
             if let Some(at) = self.shutdown_at {
                 if self.conns.is_empty() || Instant::now() >= at {
@@ -577,14 +599,91 @@ impl Server {
                 self.ready.push(id);
             }
         }
+        self.recharge(id);
+        self.rearm(id);
+    }
+
+    // ---------------------------------------------------------------- memory budget
+
+    /// Charge a connection what it holds now (budget.rs).
+    fn recharge(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(id.key) else {
+            return;
+        };
+        if c.id == id {
+            let held = c.held_bytes();
+            self.budget.recharge(&mut c.charged, held);
+        }
+    }
+
+    /// While the relay holds more than `--memory-budget` for its peers, shed unauthenticated
+    /// work, the largest holder first (budget.rs). Bounded per turn: each victim gives back
+    /// what it held, so a few rounds suffice; whatever is left waits for the next turn.
+    fn enforce_budget(&mut self, now: Instant) {
+        let mut shed: Vec<ConnId> = Vec::new();
+        while self.budget.over() && shed.len() < 64 {
+            let victim = budget::victim(self.conns.iter().map(|(_, c)| Candidate {
+                key: c.id,
+                bytes: c.charged,
+                age_rank: c.id.gen,
+                sheddable: !c.trusted && !c.dead && !shed.contains(&c.id),
+            }));
+            let Some(id) = victim else { break };
+            shed.push(id);
+            self.shed(id, now);
+        }
+    }
+
+    /// Free what `id` holds and end it: HTTP 503 (when no answer has started), WebSocket
+    /// 1013 (RFC 6455 §7.4.1: try again later).
+    fn shed(&mut self, id: ConnId, now: Instant) {
+        let (held, limit) = (self.budget.held(), self.budget.limit());
+        let Some(c) = self.conn_mut(id) else { return };
+        let was_closing = c.is_closing();
+        debug!(
+            "{id} {}: shed, {} bytes held ({held} of {limit} in all)",
+            c.peer, c.charged
+        );
+        c.shed_buffers();
+        if !was_closing {
+            let reason = match c.phase {
+                Phase::Ws(_) => ShedReason::WsUnauthenticated,
+                _ => ShedReason::Http,
+            };
+            match c.phase {
+                Phase::Http(_) if c.outq.is_empty() => {
+                    self.respond(id, Response::error(503, SHED_MESSAGE), true, now)
+                }
+                Phase::Ws(_) => c.close_with(&SHED_CLOSE, now),
+                _ => c.begin_close(now),
+            }
+            self.relay.metrics_mut().shed[reason.index()] += 1;
+        }
+        self.recharge(id);
+        self.mark_dirty(id);
         self.rearm(id);
     }
 
     fn http_input(&mut self, id: ConnId, now: Instant) {
         let cfg = self.cfg.clone();
+        let mut answered = 0usize;
         loop {
             let Some(c) = self.conn_mut(id) else { return };
             if !matches!(c.phase, Phase::Http(_)) {
+                return;
+            }
+            if c.http_backlogged(&cfg) {
+                // The client is not reading its answers: the next pipelined request waits
+                // (nginx does the same) and the flush that drains the queue resumes us, so
+                // unread answers cannot pile up (issue 15: 20,000 pipelined requests held
+                // 507 MB).
+                c.http_stalled = true;
+                return;
+            }
+            if answered >= cfg.requests_per_turn {
+                // Fairness: the rest of the pipeline waits for the next turn (issue 15: 2,000
+                // pipelined requests answered in one turn froze every other connection).
+                c.read_pending = true;
                 return;
             }
             match c.http_step(&cfg, now) {
@@ -605,7 +704,13 @@ impl Server {
                     self.respond_error(id, e, now);
                     return;
                 }
+                HttpStep::Head(head) => {
+                    if !self.admit_body(id, head, now) {
+                        return;
+                    }
+                }
                 HttpStep::Request(head, body) => {
+                    answered += 1;
                     self.dispatch(id, head, body, now);
                     // Answered synchronously? Then loop for a pipelined request.
                     let Some(c) = self.conn_mut(id) else { return };
@@ -614,6 +719,55 @@ impl Server {
                     }
                 }
             }
+        }
+    }
+
+    /// Ask the relay whether the body behind `head` may be read, and how much of it. True
+    /// when it is being read; false when the head was refused (answered, then closed: the
+    /// unread body is never buffered).
+    fn admit_body(&mut self, id: ConnId, head: Head, now: Instant) -> bool {
+        let cfg = self.cfg.clone();
+        if let Some(c) = self.conn_mut(id) {
+            c.relay_known = true;
+        }
+        let mut actions = std::mem::take(&mut self.actions);
+        self.relay.handle(
+            Input::Head {
+                conn: id,
+                head: &head,
+            },
+            now,
+            &mut actions,
+        );
+        let mut limit = None;
+        let declared = match head.body {
+            crate::http::request::BodyKind::Length(n) => Some(n as usize),
+            _ => None,
+        };
+        for a in actions.drain(..) {
+            match a {
+                Action::ReadBody { conn, limit: l } if conn == id => limit = Some(l),
+                Action::Respond { conn, resp } if conn == id => self.respond(id, resp, true, now),
+                other => self.apply(other, now),
+            }
+        }
+        self.actions = actions;
+        let Some(limit) = limit else { return false };
+        // Charged from now on: the declared length, or the whole limit for a chunked body.
+        let reserved = declared.unwrap_or(limit).min(limit);
+        if self.budget.would_pass(reserved) {
+            // Refused on its head, before any of it is read (budget.rs).
+            self.relay.metrics_mut().shed[ShedReason::Body.index()] += 1;
+            self.respond(id, Response::error(503, SHED_MESSAGE), true, now);
+            return false;
+        }
+        match self.conn_mut(id) {
+            Some(c) if !c.is_closing() => {
+                c.http_begin_body(head, limit, reserved, &cfg, now);
+                self.recharge(id);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -685,6 +839,16 @@ impl Server {
 
     fn ws_input(&mut self, id: ConnId, now: Instant) {
         let echo = self.conn_mut(id).and_then(|c| c.endpoint()) == Some(Endpoint::Echo);
+        if self.conn_mut(id).is_some_and(|c| c.ws_preauth()) {
+            // Before auth-success a world link reads one message at a time under its small
+            // pre-auth limit, so the message after the auth is read under the full one.
+            for _ in 0..WS_MESSAGES_PER_TURN {
+                if !self.ws_input_step(id, now, 1) {
+                    break;
+                }
+            }
+            return;
+        }
         if !echo {
             self.ws_input_step(id, now, WS_MESSAGES_PER_TURN);
             return;
@@ -784,6 +948,7 @@ impl Server {
     fn send_to_relay(&mut self, input: Input<'_>, now: Instant) {
         let conn = match &input {
             Input::Request { conn, .. }
+            | Input::Head { conn, .. }
             | Input::Upgrade { conn, .. }
             | Input::WsText { conn, .. }
             | Input::Alive { conn }
@@ -886,6 +1051,15 @@ impl Server {
                     self.rearm(conn);
                 }
             }
+            // Only meaningful in answer to `Input::Head` (see `admit_body`).
+            Action::ReadBody { .. } => {}
+            Action::Authenticated { conn } => {
+                let cfg = self.cfg.clone();
+                if let Some(c) = self.conn_mut(conn) {
+                    c.trusted = true;
+                    c.ws_authenticated(&cfg);
+                }
+            }
             Action::Arm { at, timer } => self.timers.arm(at, LoopTimer::Relay(timer)),
         }
     }
@@ -917,11 +1091,12 @@ impl Server {
         let Some(c) = self.conn_mut(id) else {
             return; // the client left; a late answer finds no one (pitfall 3)
         };
-        if !matches!(c.phase, Phase::Http(_)) {
-            return;
+        if !matches!(c.phase, Phase::Http(_)) || c.closing_since.is_some() {
+            return; // e.g. shed by the memory budget while the relay was deciding
         }
         let (keep_alive, head_req, minor) = c.http_meta();
         let keep_alive = keep_alive && !force_close && !shutting_down;
+        let caught_up = c.outq.is_empty();
         let mut head = Vec::with_capacity(256);
         let send_body = response::write_head(
             &resp,
@@ -943,7 +1118,7 @@ impl Server {
             }
         }
         if keep_alive {
-            c.http_done(now);
+            c.http_done(now, caught_up);
             self.ready.push(id);
         } else {
             c.begin_close(now);
@@ -957,7 +1132,7 @@ impl Server {
         if let Some(c) = self.conn_mut(id) {
             // The error may come before any request was accepted as in flight.
             if let Phase::Http(_) = c.phase {
-                c.http_done(now);
+                c.http_done(now, false);
             }
         }
         self.respond(id, Response::error(e.status(), e.message()), true, now);
@@ -1063,6 +1238,14 @@ impl Server {
                 }
             }
             LoopTimer::Status => self.status_timer = false,
+            LoopTimer::TrimHeap => {
+                self.trim_armed = false;
+                self.budget.take_freed();
+                for (_, c) in self.conns.iter_mut() {
+                    c.shrink_idle();
+                }
+                budget::trim_heap();
+            }
         }
     }
 
@@ -1083,7 +1266,15 @@ impl Server {
                 self.doomed.push(id);
                 continue;
             }
-            match c.flush(self.cfg.write_budget_bytes, now) {
+            let flushed = c.flush(self.cfg.write_budget_bytes, now);
+            let held = c.held_bytes();
+            self.budget.recharge(&mut c.charged, held);
+            if c.http_stalled && !c.http_backlogged(&self.cfg) {
+                // The client read enough of its answers: take its next pipelined request.
+                c.http_stalled = false;
+                self.ready.push(id);
+            }
+            match flushed {
                 Err(e) => {
                     debug!("{id} {}: write error: {e}", c.peer);
                     c.dead = true;
@@ -1167,6 +1358,7 @@ impl Server {
                 if c.is_sse() || matches!(c.endpoint(), Some(Endpoint::Api | Endpoint::Events)) {
                     self.clients = self.clients.saturating_sub(1);
                 }
+                self.budget.release(c.charged);
                 let m = self.relay.metrics_mut();
                 m.connections_open = m.connections_open.saturating_sub(1);
                 let _ = self.poll.registry().deregister(&mut c.sock);

@@ -98,19 +98,22 @@ fn more_than_100_headers_is_431() {
 
 #[test]
 fn body_over_cap_is_413() {
-    let relay = Relay::start(&["--max-body-bytes", "1K"]);
-    // Exactly at the cap: read, then refused for the missing key (401), connection kept.
+    let p = start_provisioned(&["--max-body-bytes", "2K", "--max-json-body-bytes", "1K"]);
+    let relay = &p.relay;
+    // Exactly at the small cap on a route that reads bodies without a key: read, then
+    // checked (no code: 400), connection kept.
     let body = vec![b' '; 1024];
-    let mut c = HttpConn::to(&relay);
-    let raw = build_request("POST", "/roll", "x", &[], Some(&body));
+    let mut c = HttpConn::to(relay);
+    let raw = build_request("POST", "/auth/pair", "x", &[], Some(&body));
     let r = c.roundtrip(&raw, T).unwrap();
-    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(!r.closes(), "{r:?}");
 
-    // Declared too large: 413 before the body is even sent.
-    let mut c = HttpConn::to(&relay);
+    // Declared over the small cap: 413 before the body is even sent.
+    let mut c = HttpConn::to(relay);
     let r = c
         .roundtrip(
-            b"POST /roll HTTP/1.1\r\nHost: x\r\nContent-Length: 1025\r\n\r\n",
+            b"POST /auth/pair HTTP/1.1\r\nHost: x\r\nContent-Length: 1025\r\n\r\n",
             T,
         )
         .unwrap();
@@ -121,9 +124,28 @@ fn body_over_cap_is_413() {
         Some(true)
     );
 
-    // Chunked, growing past the cap chunk by chunk.
-    let mut c = HttpConn::to(&relay);
-    let mut raw = b"POST /roll HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    // /upload with a valid key may send up to --max-body-bytes, no more.
+    let key = p.key().to_string();
+    for (len, big) in [(2048usize, false), (2049, true)] {
+        let mut c = HttpConn::to(relay);
+        let head = format!(
+            "POST /upload?path=a&filename=b HTTP/1.1\r\nHost: x\r\nx-api-key: {key}\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\n"
+        );
+        c.send(head.as_bytes()).unwrap();
+        if big {
+            let r = c.read_response(T).unwrap();
+            assert_eq!(r.status, 413, "{r:?}");
+        } else {
+            c.send(&vec![b'a'; len]).unwrap();
+            let r = c.read_response(T).unwrap();
+            assert_ne!(r.status, 413, "an upload within the cap is read: {r:?}");
+        }
+    }
+
+    // Chunked, growing past the small cap chunk by chunk.
+    let mut c = HttpConn::to(relay);
+    let mut raw =
+        b"POST /auth/pair HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     for _ in 0..3 {
         raw.extend_from_slice(b"200\r\n");
         raw.extend(std::iter::repeat_n(b'a', 0x200));
@@ -132,6 +154,45 @@ fn body_over_cap_is_413() {
     let r = c.roundtrip(&raw, T).unwrap();
     assert_eq!(r.status, 413, "{r:?}");
     assert!(c.wait_closed(T));
+}
+
+/// Issue 15: a body is never read for a request its route or key cannot serve. The head
+/// alone is answered (and the connection closed): the body is never sent here at all.
+#[test]
+fn a_body_the_route_or_key_cannot_use_is_refused_on_its_head() {
+    let p = start_provisioned(&[]);
+    let relay = &p.relay;
+    let key = p.key().to_string();
+    let cases: Vec<(String, u16)> = vec![
+        // No key on a keyed route (and /upload's big limit needs a valid key).
+        ("POST /roll".into(), 401),
+        ("POST /upload?path=a&filename=b".into(), 401),
+        (format!("POST /roll\r\nx-api-key: {key}-wrong"), 401),
+        // No such route, or not this method.
+        ("POST /no-such-route".into(), 404),
+        ("PATCH /roll".into(), 405),
+        // A valid key on a route that is not /upload: the small limit (4 MiB).
+        (format!("POST /roll\r\nx-api-key: {key}"), 413),
+    ];
+    for (start, status) in cases {
+        let (line, extra) = start.split_once("\r\n").unwrap_or((&start, ""));
+        let extra = if extra.is_empty() {
+            String::new()
+        } else {
+            format!("{extra}\r\n")
+        };
+        let head = format!(
+            "{line} HTTP/1.1\r\nHost: x\r\n{extra}Content-Type: application/json\r\nContent-Length: 8000000\r\n\r\n"
+        );
+        let mut c = HttpConn::to(relay);
+        let r = c.roundtrip(head.as_bytes(), T).unwrap();
+        assert_eq!(r.status, status, "{start}: {r:?}");
+        assert!(
+            r.closes(),
+            "{start}: refused before the body, so closed: {r:?}"
+        );
+        assert!(c.wait_closed(T), "{start}");
+    }
 }
 
 #[test]

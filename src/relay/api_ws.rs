@@ -817,6 +817,7 @@ impl Relay {
             Err(fail) => return self.api_refuse(conn, fail, out),
         };
         info!("{conn} {peer}: /ws/api authenticated for world {world}");
+        out.push(Action::Authenticated { conn });
         let key_id = match &cred {
             Credential::Key { id } | Credential::Token { id } => Some(id.clone()),
             Credential::Admin { .. } => None,

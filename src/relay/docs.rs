@@ -1114,6 +1114,58 @@ pub fn asyncapi(routes: &RouteTable, server: &str) -> Value {
     })
 }
 
+/// The two documents, serialized once per server URL and shared (`Rc<[u8]>`) by every
+/// response. Building one walks the whole route table (about 3 ms in a debug build): rebuilt
+/// per request, 2,000 pipelined `GET /openapi.json` held the loop for seconds (issue 15).
+/// The server URL comes from `--public-url` or the Host header, so the cache keeps the
+/// last few URLs; a peer cycling Host values only costs rebuilds, never memory.
+#[derive(Default)]
+pub struct Cache {
+    entries: Vec<(bool, String, std::rc::Rc<[u8]>)>,
+}
+
+/// URLs kept per document kind (a relay is usually reached by one or two names).
+const CACHE_URLS: usize = 4;
+
+impl Cache {
+    /// `/openapi.json` (`asyncapi` false) or `/asyncapi.json` for `server`, serialized.
+    pub fn get(
+        &mut self,
+        routes: &RouteTable,
+        asyncapi_doc: bool,
+        server: &str,
+    ) -> std::rc::Rc<[u8]> {
+        if let Some((_, _, bytes)) = self
+            .entries
+            .iter()
+            .find(|(a, url, _)| *a == asyncapi_doc && url == server)
+        {
+            return bytes.clone();
+        }
+        let doc = if asyncapi_doc {
+            asyncapi(routes, server)
+        } else {
+            openapi(routes, server)
+        };
+        // Serializing a `Value` into memory cannot fail (its keys are always strings).
+        let bytes: std::rc::Rc<[u8]> = serde_json::to_vec(&doc).unwrap_or_default().into();
+        if self
+            .entries
+            .iter()
+            .filter(|(a, _, _)| *a == asyncapi_doc)
+            .count()
+            >= CACHE_URLS
+        {
+            if let Some(i) = self.entries.iter().position(|(a, _, _)| *a == asyncapi_doc) {
+                self.entries.remove(i);
+            }
+        }
+        self.entries
+            .push((asyncapi_doc, server.to_string(), bytes.clone()));
+        bytes
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1202,5 +1254,27 @@ mod tests {
             "get_canvas_documentType"
         );
         assert_eq!(operation_id("GET", "/"), "get_root");
+    }
+
+    #[test]
+    fn cache_builds_once_per_url_and_shares_the_bytes() {
+        let routes = RouteTable::builtin();
+        let mut cache = Cache::default();
+        let a = cache.get(&routes, false, "http://a");
+        let b = cache.get(&routes, false, "http://a");
+        assert!(
+            std::rc::Rc::ptr_eq(&a, &b),
+            "second request reuses the bytes"
+        );
+        let parsed: Value = serde_json::from_slice(&a).unwrap();
+        assert_eq!(parsed, openapi(&routes, "http://a"));
+        let other = cache.get(&routes, false, "http://b");
+        assert!(!std::rc::Rc::ptr_eq(&a, &other));
+        let asy: Value = serde_json::from_slice(&cache.get(&routes, true, "http://a")).unwrap();
+        assert_eq!(asy, asyncapi(&routes, "http://a"));
+        for i in 0..10 {
+            cache.get(&routes, false, &format!("http://h{i}"));
+        }
+        assert!(cache.entries.len() <= 2 * CACHE_URLS, "bounded");
     }
 }

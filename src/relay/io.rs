@@ -54,6 +54,11 @@ pub enum Input<'a> {
         peer: IpAddr,
         head: &'a Head,
     },
+    /// The head of a request with a body, before any of the body is read: the relay routes
+    /// and authenticates it and answers `ReadBody` with the body limit of its route, or a
+    /// refusal `Respond` (401/403/404/405/413; the loop closes after it, unread body and
+    /// all), so no one can make the relay hold a body its route or key cannot use.
+    Head { conn: ConnId, head: &'a Head },
     /// A complete text message on an accepted WebSocket.
     WsText { conn: ConnId, text: String },
     /// A control frame (ping or pong) arrived on a world link: it is alive even when the
@@ -115,6 +120,12 @@ pub enum Action {
     SseWrite { conns: Vec<ConnId>, bytes: Rc<[u8]> },
     /// Close a WebSocket with this code and reason, or end an SSE stream / HTTP connection.
     Close { conn: ConnId, close: WsClose },
+    /// Read the body of the request whose `Head` was admitted, up to `limit` bytes.
+    ReadBody { conn: ConnId, limit: usize },
+    /// The relay accepted this connection's credentials (an HTTP request's key, a
+    /// WebSocket's auth message): the memory budget never sheds it, and a world link's
+    /// pre-auth limits are lifted (`--module-preauth-max-message`).
+    Authenticated { conn: ConnId },
     /// Arm a relay timer.
     Arm { at: Instant, timer: Timer },
 }

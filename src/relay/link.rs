@@ -215,6 +215,7 @@ impl Relay {
             users: Value::Null,
             last_alive: now,
         });
+        out.push(Action::Authenticated { conn });
         out.push(Action::Text {
             conn,
             payload: Bytes::Owned(br#"{"type":"auth-success"}"#.to_vec()),

@@ -106,6 +106,8 @@ pub struct Relay {
     pub(crate) owner: pairing::Owner,
     /// Subscriber connections (SSE, /ws/api, /ws/events) and whose key they hold (events.rs).
     pub(crate) subs: HashMap<ConnId, events::Subscriber>,
+    /// `/openapi.json` and `/asyncapi.json`, serialized once (docs.rs).
+    pub(crate) docs: docs::Cache,
     /// `/ws/events` socket state and the upgrade rate limit (gateway.rs).
     pub(crate) gateway: gateway::Gateway,
     /// Each world's last link events, for "why is it offline?" (history.rs).
@@ -131,6 +133,7 @@ impl Relay {
             disk: durable::Disk::default(),
             api: HashMap::new(),
             subs: HashMap::new(),
+            docs: docs::Cache::default(),
             clock,
             started: clock.base,
         }
@@ -208,6 +211,7 @@ impl Relay {
                 body,
             } => self.on_request(conn, peer, head, body, now, out),
             Input::Upgrade { conn, peer, head } => self.on_upgrade(conn, peer, head, now, out),
+            Input::Head { conn, head } => self.admit_body(conn, head, now, out),
             Input::WsText { conn, text } => match self.roles.get(&conn) {
                 Some(Role::ModuleAuth { .. }) => self.module_auth(conn, &text, now, out),
                 Some(Role::Module) => self.module_message(conn, text, now, out),

@@ -128,12 +128,10 @@ impl Relay {
                 return self.metrics_route(conn, head, now, out);
             }
             (Method::Get | Method::Head, "/openapi.json") => {
-                let doc = super::docs::openapi(&self.routes, &self.docs_server_url(peer, head));
-                return self.respond(conn, 200, doc, out);
+                return self.docs_route(conn, peer, head, false, out);
             }
             (Method::Get | Method::Head, "/asyncapi.json") => {
-                let doc = super::docs::asyncapi(&self.routes, &self.docs_server_url(peer, head));
-                return self.respond(conn, 200, doc, out);
+                return self.docs_route(conn, peer, head, true, out);
             }
             (Method::Get | Method::Head, "/") if super::admin::wants_html(head) => {
                 let resp = super::admin::landing_page();
@@ -187,7 +185,11 @@ impl Relay {
         };
         let now_ms = self.clock.ms(now);
         let caller = match self.authenticate_route(head, route.kind, now_ms) {
-            Ok(c) => c,
+            Ok(c) => {
+                // A keyed caller's connection is never shed by the memory budget.
+                out.push(Action::Authenticated { conn });
+                c
+            }
             Err(e) => {
                 out.push(Action::Respond {
                     conn,
@@ -237,10 +239,93 @@ impl Relay {
         }
     }
 
+    /// Decide on a request's body from its head alone (issue 15: bodies were read whole,
+    /// up to 64 MiB, before routing and auth). A route-table route is matched (404/405),
+    /// its key checked (401) and its scope (403) now; only `/upload` with a valid key may
+    /// send up to `--max-body-bytes`, everything else gets `--max-json-body-bytes`; a
+    /// declared length over the limit is 413. The owner's, pairing and relay-local routes
+    /// keep their own checks after the body, under the small limit. No rate limit is
+    /// charged here: the complete request goes through `on_request` and is charged there.
+    pub(crate) fn admit_body(
+        &mut self,
+        conn: ConnId,
+        head: &Head,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let path = normalize_path(&head.path);
+        let mut limit = self.cfg.max_json_body_bytes;
+        let table_route =
+            !(head.method == Method::Options || is_owner_path(path) || is_local_path(path));
+        if table_route {
+            let refusal = match self.routes.clone().find(head.method_raw.as_str(), path) {
+                Match::NotFound => Some(self.cors(Response::error(404, "Not found"))),
+                Match::MethodNotAllowed(allow) => Some(
+                    self.cors(Response::error(405, "Method not allowed"))
+                        .header("Allow", allow.join(", ")),
+                ),
+                Match::Found(route, _) => {
+                    match self.authenticate_route(head, route.kind, self.clock.ms(now)) {
+                        Err(e) => Some(self.cors(Response::error(401, e.message()))),
+                        Ok(c)
+                            if !route.scope.is_empty()
+                                && !c.scopes.iter().any(|s| s == &route.scope) =>
+                        {
+                            let msg = format!("API key lacks required scope: {}", route.scope);
+                            Some(self.cors(Response::error(403, &msg)))
+                        }
+                        Ok(_) => {
+                            out.push(Action::Authenticated { conn });
+                            if route.ws_type == "upload-file" {
+                                limit = self.cfg.max_body_bytes;
+                            }
+                            None
+                        }
+                    }
+                }
+            };
+            if let Some(resp) = refusal {
+                self.metrics.http_requests += 1;
+                out.push(Action::Respond { conn, resp });
+                return;
+            }
+        }
+        if let crate::http::request::BodyKind::Length(n) = head.body {
+            if n > limit as u64 {
+                self.metrics.http_requests += 1;
+                out.push(Action::Respond {
+                    conn,
+                    resp: self.cors(Response::error(413, "Request body too large")),
+                });
+                return;
+            }
+        }
+        out.push(Action::ReadBody { conn, limit });
+    }
+
     fn respond(&self, conn: ConnId, status: u16, v: Value, out: &mut Vec<Action>) {
         out.push(Action::Respond {
             conn,
             resp: self.cors(Response::json(status, &v)),
+        });
+    }
+
+    /// `/openapi.json` or `/asyncapi.json`, built once per server URL (docs::Cache).
+    fn docs_route(
+        &mut self,
+        conn: ConnId,
+        peer: IpAddr,
+        head: &Head,
+        asyncapi: bool,
+        out: &mut Vec<Action>,
+    ) {
+        let url = self.docs_server_url(peer, head);
+        let bytes = self.docs.get(&self.routes, asyncapi, &url);
+        let mut resp = Response::text(200, "application/json", Vec::new());
+        resp.body = crate::http::response::Body::Shared(bytes);
+        out.push(Action::Respond {
+            conn,
+            resp: self.cors(resp),
         });
     }
 
@@ -729,6 +814,25 @@ fn preflight(head: &Head) -> Response {
 
 /// Tolerate the module's `//relay` and `//api/...` (module-protocol.md §1.2) and a trailing
 /// slash: collapse leading slashes to one and drop a trailing one.
+/// Paths `owner_route` (pairing, admin API and pages) answers before the route table.
+fn is_owner_path(path: &str) -> bool {
+    path == "/admin"
+        || path.starts_with("/admin/")
+        || path.starts_with("/pair/")
+        || path == "/auth/pair"
+        || path == "/auth/pair-request"
+        || path.starts_with("/auth/pair-request/")
+        || path == "/api/self-unpair"
+}
+
+/// Relay-local paths `on_request` answers before the route table.
+fn is_local_path(path: &str) -> bool {
+    matches!(
+        path,
+        "/api/status" | "/api/health" | "/metrics" | "/openapi.json" | "/asyncapi.json" | "/"
+    ) || path.starts_with("/api/clients/")
+}
+
 pub(crate) fn normalize_path(p: &str) -> &str {
     let trimmed = p.trim_start_matches('/');
     let start = p.len() - trimmed.len();

@@ -203,6 +203,15 @@ impl Link {
         }
     }
 
+    /// Change the message and frame limits from the next frame on (a world link gets its
+    /// full limits once its auth message succeeded).
+    pub fn set_limits(&mut self, max_message: usize, max_frame: usize) {
+        self.ctx.set_config(|c| {
+            c.max_message_size = Some(max_message);
+            c.max_frame_size = Some(max_frame);
+        });
+    }
+
     /// True once a close frame was sent or received, or the link failed: no more sends.
     pub fn is_closing(&self) -> bool {
         self.state != State::Open
