@@ -192,7 +192,10 @@ fn pipelined_documents_do_not_stall_the_loop() {
 
 #[test]
 fn a_client_that_asks_without_reading_is_not_kept_alive_by_asking() {
-    let relay = Relay::start(&["--keepalive-timeout", "2s"]);
+    // A response nobody reads stops making write progress: it is dropped after
+    // --slow-consumer-grace (the write-progress rule every stream follows); answering more
+    // requests never counts as activity.
+    let relay = Relay::start(&["--keepalive-timeout", "2s", "--slow-consumer-grace", "2s"]);
     let mut c = HttpConn::to(&relay);
     // Fill the socket buffers with answers the client never reads...
     let doc = build_request("GET", "/openapi.json", "x", &[], None);
