@@ -9,13 +9,14 @@
 #   make docs         regenerate docs/CONFIG.md from src/config.rs
 #   make bench        benchmarks (BENCH_QUICK=1 for `make bench-quick`)
 #   make bench-compare URL=http://127.0.0.1:PORT KEY=... CLIENT_ID=fvtt_...
+#   make soak         30-minute soak under mixed load and abuse (SOAK_MINUTES, SOAK_SECONDS)
 #   make clean        remove build output (never ./data)
 
 CARGO    ?= cargo
 LISTEN   ?= 127.0.0.1:3010
 DATA_DIR ?= ./data
 
-.PHONY: run test test-deps unit conformance lint fmt docs bench bench-quick bench-compare clean tools
+.PHONY: run test test-deps unit conformance lint fmt docs bench bench-quick bench-compare soak clean tools
 
 run:
 	$(CARGO) build --release
@@ -84,6 +85,12 @@ bench-compare:
 		{ echo "usage: make bench-compare URL=http://127.0.0.1:PORT KEY=<api key> CLIENT_ID=<clientId> [PID=<relay pid>]" >&2; exit 2; }
 	@echo "$(CARGO) bench --bench relay  (URL, KEY and CLIENT_ID from the environment)"
 	@$(BENCH_ULIMIT); $(CARGO) bench --bench relay
+
+# Not part of `make test`: 30 minutes by default. SOAK_MINUTES=N or SOAK_SECONDS=N (quick
+# runs) set the length; the report goes to target/soak/report.json and target/soak/soak.svg,
+# and the target fails when the verdict does (see benches/soak.rs, docs/soak/README.md).
+soak:
+	$(BENCH_ULIMIT); $(CARGO) bench --bench soak
 
 clean:
 	$(CARGO) clean
