@@ -325,6 +325,8 @@ fn run() -> Res<bool> {
         rest_status: Mutex::new(BTreeMap::new()),
     });
     let started_unix_ms = unix_ms();
+    // Taken now: the tree may be edited while a long run goes on.
+    let commit = commit(&root);
     let idle_before = sample_idle(&relay, &env);
 
     let t0 = Instant::now();
@@ -486,7 +488,7 @@ fn run() -> Res<bool> {
     );
     let report = report_json(
         &set,
-        &root,
+        &commit,
         started_unix_ms,
         &rows,
         &shared,
@@ -697,7 +699,7 @@ fn verdict(
 #[allow(clippy::too_many_arguments)]
 fn report_json(
     set: &Settings,
-    root: &Path,
+    commit: &str,
     started_unix_ms: u64,
     rows: &[Row],
     shared: &Shared,
@@ -711,7 +713,7 @@ fn report_json(
     let log_tail: Vec<&str> = relay_log.lines().rev().take(20).collect();
     json!({
         "machine": machine(),
-        "commit": commit(root),
+        "commit": commit,
         "started_unix_ms": started_unix_ms,
         "settings": set.json(),
         "summary": verdict.summary,
