@@ -132,9 +132,10 @@ impl Settings {
             .unwrap_or(Duration::from_secs(30 * 60));
         Settings {
             duration,
-            // A fifth of the run, at most 5 minutes: buffers, allocator arenas and the event
-            // ring fill up before the comparison starts.
-            warmup: (duration / 5).min(Duration::from_secs(300)),
+            // A fifth of the run, from 30 s (the subscriber pool takes 15 s to fill) to 5
+            // minutes: buffers, allocator arenas and the event ring fill up before the
+            // comparison starts.
+            warmup: (duration / 5).clamp(Duration::from_secs(30), Duration::from_secs(300)),
             sample_every: Duration::from_secs(10),
             world_cycle: Duration::from_secs(60),
             world_event_interval: Duration::from_millis(50),
