@@ -14,6 +14,7 @@
 #   make bench        benchmarks (BENCH_QUICK=1 for `make bench-quick`)
 #   make bench-compare URL=http://127.0.0.1:PORT KEY=... CLIENT_ID=fvtt_...
 #   make fuzz         AFL++ fuzz targets, FUZZ_SECONDS (default 60) each; not part of `make test`
+#   make soak         30-minute soak under mixed load and abuse (SOAK_MINUTES, SOAK_SECONDS)
 #   make clean        remove build output (never ./data)
 #   make pi           stripped release binaries for the Raspberry Pi in target/pi-bin/ (cross-built)
 #   make pi-test      the whole test suite built for aarch64 and armv7, run under qemu-user
@@ -25,7 +26,7 @@ CARGO    ?= cargo
 LISTEN   ?= 127.0.0.1:3010
 DATA_DIR ?= ./data
 
-.PHONY: run test test-deps screenshots unit conformance lint fmt docs bench bench-quick bench-compare clean tools check-unit contract contract-deep contract-deps fuzz
+.PHONY: run test test-deps screenshots unit conformance lint fmt docs bench bench-quick bench-compare soak clean tools check-unit contract contract-deep contract-deps fuzz
 .PHONY: pi pi-deps pi-test pi-smoke deb deb-deps deb-check
 
 run:
@@ -147,6 +148,12 @@ FUZZ_SECONDS ?= 60
 
 fuzz:
 	FUZZ_SECONDS=$(FUZZ_SECONDS) CARGO=$(CARGO) tests/fuzz/run.sh
+
+# Not part of `make test`: 30 minutes by default. SOAK_MINUTES=N or SOAK_SECONDS=N (quick
+# runs) set the length; the report goes to target/soak/report.json and target/soak/soak.svg,
+# and the target fails when the verdict does (see benches/soak.rs, docs/soak/README.md).
+soak:
+	$(BENCH_ULIMIT); $(CARGO) bench --bench soak
 
 clean:
 	$(CARGO) clean
