@@ -20,6 +20,8 @@ pub mod hub;
 pub mod io;
 pub mod limits;
 pub mod link;
+pub mod mcp;
+pub mod mcp_tools;
 pub mod pairing;
 pub mod pending;
 pub mod rest;
@@ -99,6 +101,8 @@ pub struct Relay {
     pub(crate) subs: HashMap<ConnId, events::Subscriber>,
     /// `/ws/events` socket state and the upgrade rate limit (gateway.rs).
     pub(crate) gateway: gateway::Gateway,
+    /// `/mcp` sessions, exchanges and the tool table (mcp.rs).
+    pub(crate) mcp: mcp::Mcp,
 }
 
 impl Relay {
@@ -108,6 +112,7 @@ impl Relay {
             limits: limits::Limits::new(&cfg),
             owner: pairing::Owner::default(),
             gateway: gateway::Gateway::new(&cfg),
+            mcp: mcp::Mcp::new(&RouteTable::builtin(), &cfg.mcp_tools),
             cfg,
             state,
             routes: std::rc::Rc::new(RouteTable::builtin()),
@@ -217,6 +222,7 @@ impl Relay {
         // Waiters of a caller that left: their late replies will find nobody.
         self.pending.drop_caller(conn);
         self.forget_conn_limits(conn);
+        self.mcp_closed(conn);
         match self.roles.remove(&conn) {
             Some(Role::Module) => self.module_closed(conn, now, out),
             Some(Role::Api) => self.api_closed(conn, now, out),

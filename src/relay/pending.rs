@@ -27,12 +27,15 @@ pub enum Caller {
         client_request_id: serde_json::Value,
         ws_type: String,
     },
+    /// A `/mcp` tool call or resource read (relay/mcp.rs).
+    Mcp(Box<super::mcp::McpWait>),
 }
 
 impl Caller {
     pub fn conn(&self) -> ConnId {
         match self {
             Caller::Http { conn, .. } | Caller::WsApi { conn, .. } => *conn,
+            Caller::Mcp(m) => m.conn,
         }
     }
 }
@@ -156,7 +159,7 @@ impl Pending {
     pub fn http_waiting_on(&self, link: ConnId) -> bool {
         self.by_id
             .values()
-            .any(|w| w.link == link && matches!(w.caller, Caller::Http { .. }))
+            .any(|w| w.link == link && matches!(w.caller, Caller::Http { .. } | Caller::Mcp(_)))
     }
 
     pub fn len(&self) -> usize {
