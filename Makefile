@@ -16,13 +16,18 @@ CARGO    ?= cargo
 LISTEN   ?= 127.0.0.1:3010
 DATA_DIR ?= ./data
 
-.PHONY: run test test-deps unit conformance lint fmt docs bench bench-quick bench-compare clean tools check-unit
+MCP_NODE = target/mcp-node
+MCP_VENV = target/mcp-venv
+# 0.1.14 and later need Node 22 (fs.globSync); 0.1.13 runs on the Node 20 of Debian 12.
+MCP_CONFORMANCE = 0.1.13
+
+.PHONY: mcp-deps mcp-conformance run test test-deps unit conformance lint fmt docs bench bench-quick bench-compare clean tools check-unit
 
 run:
 	$(CARGO) build --release
 	target/release/fvtt-relay --listen $(LISTEN) --data-dir $(DATA_DIR)
 
-test: lint test-deps unit check-unit
+test: lint test-deps mcp-deps unit check-unit mcp-conformance
 	scripts/conformance.sh --quick
 
 # deploy/fvtt-relay.service must load in systemd and keep its hardening. `verify` checks
@@ -62,6 +67,31 @@ test-deps:
 		{ apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; } || \
 		echo "chromium could not be installed; the admin browser test will say SKIPPED"; \
 	fi
+
+# The official MCP SDK clients and conformance suite for tests/mcp.rs and mcp-conformance,
+# under target/ (gitignored). Quick when already installed; without npm or python3 the MCP
+# tests say SKIPPED (under CI they fail instead).
+mcp-deps:
+	@if [ ! -f $(MCP_NODE)/node_modules/@modelcontextprotocol/sdk/package.json ] || \
+	    [ ! -f $(MCP_NODE)/node_modules/@modelcontextprotocol/conformance/package.json ]; then \
+		if command -v npm >/dev/null 2>&1; then \
+			echo "npm install @modelcontextprotocol/sdk @modelcontextprotocol/conformance"; \
+			mkdir -p $(MCP_NODE) && npm install --prefix $(MCP_NODE) --no-audit --no-fund --silent \
+				@modelcontextprotocol/sdk @modelcontextprotocol/conformance@$(MCP_CONFORMANCE) || exit 1; \
+		else echo "npm not found: TypeScript MCP tests will say SKIPPED"; fi; \
+	fi
+	@if ! $(MCP_VENV)/bin/python -c 'import mcp' >/dev/null 2>&1; then \
+		if command -v python3 >/dev/null 2>&1; then \
+			echo "python3 -m venv $(MCP_VENV) && pip install mcp"; \
+			python3 -m venv $(MCP_VENV) && $(MCP_VENV)/bin/pip install -q mcp || exit 1; \
+		else echo "python3 not found: Python MCP tests will say SKIPPED"; fi; \
+	fi
+
+# The official MCP conformance suite's server scenarios against a debug build (see
+# scripts/mcp-conformance.sh and README "Use it from an AI assistant").
+mcp-conformance: mcp-deps
+	$(CARGO) build --quiet
+	scripts/mcp-conformance.sh
 
 # cargo-nextest when installed (parallel, one process per test), else cargo test.
 # nextest gets --lib --bins --tests: a harness = false bench has no test list to offer it.

@@ -15,8 +15,10 @@
 //!   connection id that never reaches the loop (`strip_virtual`).
 //! - `DELETE /mcp` ends a session.
 //!
-//! The `Origin` check is the WebSockets' allow-list (DNS-rebinding protection, MCP
-//! "Security Warning" of the transport section): a browser origin outside it gets 403.
+//! DNS-rebinding protection (transport "Security Warning"): a browser `Origin` must be on the
+//! WebSockets' allow-list (`--allowed-ws-origins`), a loopback origin (a local client such as
+//! the MCP Inspector), or `--public-url`'s; else 403. Unlike the WebSockets, "same origin as
+//! Host" is not enough here: under DNS rebinding the attacker's page is same-origin.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -38,6 +40,7 @@ use crate::http::response::Response;
 use crate::http::route::{Kind, RouteTable};
 use crate::ids::ConnId;
 use crate::sse;
+use crate::ws::handshake::origin_allowed;
 
 /// Protocol revisions we speak, newest first (MCP "Versioning").
 pub const VERSIONS: &[&str] = &["2025-11-25", "2025-06-18", "2025-03-26"];
@@ -207,7 +210,7 @@ impl Relay {
         }
         // DNS rebinding (transport §"Security Warning"): a page on another origin must not
         // reach a relay on loopback or the LAN.
-        if self.ws_origin_refusal(head).is_some() {
+        if !self.mcp_origin_ok(head.header("origin")) {
             let e = rpc_error(&Value::Null, INVALID_REQUEST, "Origin not allowed");
             return self.mcp_json(conn, 403, &e, out);
         }
@@ -243,6 +246,40 @@ impl Relay {
                 self.mcp_respond(conn, resp, out)
             }
         }
+    }
+
+    /// See the module comment: no Origin (native clients), the allow-list, loopback, or
+    /// `--public-url`.
+    fn mcp_origin_ok(&self, origin: Option<&str>) -> bool {
+        let Some(origin) = origin else {
+            return true;
+        };
+        let list = &self.cfg.allowed_ws_origins;
+        if !list.is_empty() && origin_allowed(Some(origin), None, list) {
+            return true;
+        }
+        let host = origin
+            .split_once("://")
+            .map(|(_, rest)| rest.trim_end_matches('/'))
+            .map(|a| match a.strip_prefix('[') {
+                Some(v6) => v6.split(']').next().unwrap_or(""),
+                None => a.split(':').next().unwrap_or(""),
+            })
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        if matches!(host.as_str(), "localhost" | "127.0.0.1" | "::1") {
+            return true;
+        }
+        self.cfg.public_url.as_deref().is_some_and(|u| {
+            let (scheme, rest) = u.split_once("://").unwrap_or(("", u));
+            let scheme = match scheme {
+                "ws" => "http",
+                "wss" => "https",
+                s => s,
+            };
+            let authority = rest.split('/').next().unwrap_or("");
+            origin_allowed(Some(origin), None, &[format!("{scheme}://{authority}")])
+        })
     }
 
     fn owner_of(&self, caller: &Caller0) -> String {
