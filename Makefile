@@ -130,9 +130,11 @@ BENCH_ULIMIT = ulimit -n 65536 2>/dev/null || ulimit -n $$(ulimit -Hn) 2>/dev/nu
 
 bench:
 	$(BENCH_ULIMIT); $(CARGO) bench --bench relay
+	$(CARGO) bench --bench mcp
 
 bench-quick:
 	$(BENCH_ULIMIT); BENCH_QUICK=1 $(CARGO) bench --bench relay
+	BENCH_QUICK=1 $(CARGO) bench --bench mcp
 
 # Runs the same forwarding load against another relay on loopback (which must already have a
 # world attached), alternating with ours. URL, KEY and CLIENT_ID (and optionally PID, for its
