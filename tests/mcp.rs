@@ -198,3 +198,122 @@ fn python_sdk_client() {
     ));
     check(&drive(cmd));
 }
+
+/// The transport rules with a plain HTTP client (no SDK needed): key, Origin, session id,
+/// protocol version header, preflight, the GET stream and DELETE.
+#[test]
+fn transport_rules_over_raw_http() {
+    let r = start_provisioned(&[]);
+    let addr = r.relay.addr();
+    let key = r.key().to_string();
+    let accept = ("Accept", "application/json, text/event-stream");
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "1"}}});
+
+    let no_key = post_json(addr, "/mcp", &[accept], &init);
+    assert_eq!(no_key.status, 401);
+    assert!(no_key.header("www-authenticate").is_some());
+    let rebinding = post_json(
+        addr,
+        "/mcp",
+        &[
+            accept,
+            ("x-api-key", &key),
+            ("Origin", &format!("http://{addr}")),
+        ],
+        &init,
+    );
+    assert_eq!(rebinding.status, 200, "a loopback origin is a local client");
+    let evil = post_json(
+        addr,
+        "/mcp",
+        &[
+            accept,
+            ("x-api-key", &key),
+            ("Origin", "http://evil.example"),
+        ],
+        &init,
+    );
+    assert_eq!(evil.status, 403);
+
+    let bearer = format!("Bearer {key}");
+    let ok = post_json(addr, "/mcp", &[accept, ("Authorization", &bearer)], &init);
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.json()["result"]["protocolVersion"], "2025-06-18");
+    let sid = ok.header("mcp-session-id").unwrap_or_default().to_string();
+    assert_eq!(sid.len(), 32);
+
+    let ping = json!({"jsonrpc": "2.0", "id": 2, "method": "ping"});
+    let bad_version = post_json(
+        addr,
+        "/mcp",
+        &[
+            accept,
+            ("x-api-key", &key),
+            ("Mcp-Session-Id", &sid),
+            ("MCP-Protocol-Version", "1999-01-01"),
+        ],
+        &ping,
+    );
+    assert_eq!(bad_version.status, 400);
+    let pong = post_json(
+        addr,
+        "/mcp",
+        &[
+            accept,
+            ("x-api-key", &key),
+            ("Mcp-Session-Id", &sid),
+            ("MCP-Protocol-Version", "2025-06-18"),
+        ],
+        &ping,
+    );
+    assert_eq!(
+        (pong.status, pong.json()["result"].clone()),
+        (200, json!({}))
+    );
+
+    let pre = request(
+        addr,
+        "OPTIONS",
+        "/mcp",
+        &[("Origin", "http://localhost:6274")],
+        None,
+    );
+    assert_eq!(pre.status, 204);
+    let allowed = pre
+        .header("access-control-allow-headers")
+        .unwrap_or_default();
+    assert!(allowed.contains("mcp-session-id") && allowed.contains("mcp-protocol-version"));
+
+    // The server-to-client stream opens, and ends when the session does.
+    let mut stream = SseClient::connect(
+        addr,
+        "/mcp",
+        &[
+            ("x-api-key", &key),
+            ("Mcp-Session-Id", &sid),
+            ("Accept", "text/event-stream"),
+        ],
+    )
+    .expect("GET /mcp stream");
+    let del = request(
+        addr,
+        "DELETE",
+        "/mcp",
+        &[("x-api-key", &key), ("Mcp-Session-Id", &sid)],
+        None,
+    );
+    assert_eq!(del.status, 204);
+    assert!(
+        stream.wait_ended(secs(5)),
+        "the stream ends with its session"
+    );
+    let gone = post_json(
+        addr,
+        "/mcp",
+        &[accept, ("x-api-key", &key), ("Mcp-Session-Id", &sid)],
+        &ping,
+    );
+    assert_eq!(gone.status, 404);
+}
