@@ -577,6 +577,20 @@ impl Relay {
         }
     }
 
+    /// A revoked key's sessions (relay/revoke.rs).
+    pub(crate) fn mcp_end_sessions_of(&mut self, key_id: &str, out: &mut Vec<Action>) {
+        let ids: Vec<Rc<str>> = self
+            .mcp
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.owner == key_id)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for id in ids {
+            self.mcp_end_session(&id, out);
+        }
+    }
+
     fn mcp_get(
         &mut self,
         conn: ConnId,
@@ -931,6 +945,15 @@ impl Relay {
             }
             Res::World { world, part } => (world, part),
         };
+        let busy = self
+            .mcp
+            .sessions
+            .get(&ctx.session)
+            .is_some_and(|s| s.inflight >= self.cfg.mcp_max_inflight);
+        if busy {
+            let msg = "Too many calls in flight on this session; wait for one to finish";
+            return Answer::Now(rpc_error(id, INTERNAL_ERROR, msg));
+        }
         let Some(link) = self.worlds.get(&world).map(|l| l.conn) else {
             let msg = format!("World {world} is offline: the GM's Foundry tab is not connected");
             return Answer::Now(rpc_error(id, INTERNAL_ERROR, &msg));
@@ -1664,6 +1687,20 @@ mod tests {
             "the plain stream remains"
         );
         assert_eq!(h.relay.mcp.session_count(), 0);
+    }
+
+    #[test]
+    fn revoking_a_key_ends_its_sessions() {
+        let mut h = H::new(Config::default());
+        let other = h.key(&["entity:read"], &[], None);
+        let gone = init(&mut h, &other, V);
+        let full = h.api_key.clone();
+        let keep = init(&mut h, &full, V);
+        let id = h.key_id(&other);
+        let mut out = Vec::new();
+        h.relay.drop_subscribers_of_key(&id, &mut out);
+        assert!(!h.relay.mcp.sessions.contains_key(gone.as_str()));
+        assert!(h.relay.mcp.sessions.contains_key(keep.as_str()));
     }
 
     #[test]

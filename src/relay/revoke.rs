@@ -45,6 +45,8 @@ impl Relay {
             });
             self.forget_subscriber(conn, out);
         }
+        // Its MCP sessions end too: their streams close and their subscriptions go.
+        self.mcp_end_sessions_of(key_id, out);
     }
 }
 
