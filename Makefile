@@ -20,6 +20,9 @@ MCP_NODE = target/mcp-node
 MCP_VENV = target/mcp-venv
 # 0.1.14 and later need Node 22 (fs.globSync); 0.1.13 runs on the Node 20 of Debian 12.
 MCP_CONFORMANCE = 0.1.13
+# The SDK versions tests/mcp.rs was written against (pinned so a release cannot turn CI red).
+MCP_TS_SDK = 1.32.2
+MCP_PY_SDK = 2.3.0
 
 .PHONY: mcp-deps mcp-conformance run test test-deps unit conformance lint fmt docs bench bench-quick bench-compare clean tools check-unit
 
@@ -77,13 +80,13 @@ mcp-deps:
 		if command -v npm >/dev/null 2>&1; then \
 			echo "npm install @modelcontextprotocol/sdk @modelcontextprotocol/conformance"; \
 			mkdir -p $(MCP_NODE) && npm install --prefix $(MCP_NODE) --no-audit --no-fund --silent \
-				@modelcontextprotocol/sdk @modelcontextprotocol/conformance@$(MCP_CONFORMANCE) || exit 1; \
+				@modelcontextprotocol/sdk@$(MCP_TS_SDK) @modelcontextprotocol/conformance@$(MCP_CONFORMANCE) || exit 1; \
 		else echo "npm not found: TypeScript MCP tests will say SKIPPED"; fi; \
 	fi
 	@if ! $(MCP_VENV)/bin/python -c 'import mcp' >/dev/null 2>&1; then \
 		if command -v python3 >/dev/null 2>&1; then \
-			echo "python3 -m venv $(MCP_VENV) && pip install mcp"; \
-			python3 -m venv $(MCP_VENV) && $(MCP_VENV)/bin/pip install -q mcp || exit 1; \
+			echo "python3 -m venv $(MCP_VENV) && pip install mcp==$(MCP_PY_SDK)"; \
+			python3 -m venv $(MCP_VENV) && $(MCP_VENV)/bin/pip install -q mcp==$(MCP_PY_SDK) || exit 1; \
 		else echo "python3 not found: Python MCP tests will say SKIPPED"; fi; \
 	fi
 

@@ -1690,6 +1690,49 @@ mod tests {
     }
 
     #[test]
+    fn a_key_bound_to_a_world_is_held_to_it() {
+        let mut h = H::new(Config::default());
+        let (_link, _) = h.world_online(WORLD);
+        let (other_link, _) = h.world_online(OTHER);
+        let bound = h.key(&["entity:read"], &[OTHER], None);
+        let sid = init(&mut h, &bound, V);
+        let (conn, out) = call(
+            &mut h,
+            &bound,
+            &sid,
+            "tools/call",
+            json!({"name": "get_entity", "arguments": {"uuid": "Actor.x", "clientId": WORLD}}),
+        );
+        let v = resp(&out, conn).1;
+        assert_eq!(v["result"]["isError"], true);
+        assert!(v["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("may not use"));
+        // Without clientId the key's own world is used, though two are online.
+        let (_, out) = call(
+            &mut h,
+            &bound,
+            &sid,
+            "tools/call",
+            json!({"name": "get_entity", "arguments": {"uuid": "Actor.x"}}),
+        );
+        assert_eq!(sent_to(&out, other_link)["type"], "entity");
+        // Resources of another world do not exist for it.
+        let (conn, out) = call(
+            &mut h,
+            &bound,
+            &sid,
+            "resources/read",
+            json!({"uri": format!("foundry://worlds/{WORLD}/chat")}),
+        );
+        assert_eq!(resp(&out, conn).1["error"]["code"], RESOURCE_NOT_FOUND);
+        let (conn, out) = call(&mut h, &bound, &sid, "resources/list", json!({}));
+        let list = resp(&out, conn).1["result"].to_string();
+        assert!(list.contains(OTHER) && !list.contains(WORLD), "{list}");
+    }
+
+    #[test]
     fn revoking_a_key_ends_its_sessions() {
         let mut h = H::new(Config::default());
         let other = h.key(&["entity:read"], &[], None);
