@@ -1733,6 +1733,39 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_waits_for_its_forwarded_calls_and_keeps_their_order() {
+        let mut h = H::new(Config::default());
+        let key = h.api_key.clone();
+        let (link, _) = h.world_online(WORLD);
+        let sid = init(&mut h, &key, "2025-03-26");
+        let conn = h.conn();
+        let batch = json!([
+            {"jsonrpc": "2.0", "id": "a", "method": "tools/call",
+             "params": {"name": "roll_dice", "arguments": {"formula": "1d6"}}},
+            {"jsonrpc": "2.0", "method": "notifications/initialized"},
+            {"jsonrpc": "2.0", "id": "b", "method": "ping"},
+        ]);
+        let out = post(&mut h, conn, &key, Some(&sid), &batch.to_string());
+        assert_eq!(resp(&out, conn).0, 0, "held until the world answers");
+        let rid = sent_to(&out, link)["requestId"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let out = h.text(
+            link,
+            &json!({"type": "roll-result", "requestId": rid, "data": {}}).to_string(),
+        );
+        let (s, v, _) = resp(&out, conn);
+        assert_eq!(s, 200);
+        let ids: Vec<Value> = v
+            .as_array()
+            .map(|a| a.iter().map(|x| x["id"].clone()).collect())
+            .unwrap_or_default();
+        assert_eq!(ids, vec![json!("a"), json!("b")]);
+        assert_eq!(v[0]["result"]["isError"], false);
+    }
+
+    #[test]
     fn revoking_a_key_ends_its_sessions() {
         let mut h = H::new(Config::default());
         let other = h.key(&["entity:read"], &[], None);
