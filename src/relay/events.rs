@@ -95,6 +95,7 @@ impl Relay {
             .hub
             .world_status(&world, true, &meta, self.clock.ms(now));
         self.push_deliveries(&world, ds, out);
+        self.mcp_world_changed(&world, out);
         for u in self.hub.counts_for_world(&world) {
             out.push(Action::Text {
                 conn,
@@ -113,6 +114,7 @@ impl Relay {
             .hub
             .world_status(world, false, &meta, self.clock.ms(now));
         self.push_deliveries(world, ds, out);
+        self.mcp_world_changed(world, out);
     }
 
     /// A module event (`chat-event`, `roll-data`, …; `data` is its `data`): sequenced, ringed

@@ -497,7 +497,7 @@ impl Relay {
             "protocolVersion": version,
             "capabilities": {
                 "tools": {"listChanged": false},
-                "resources": {"subscribe": true, "listChanged": false},
+                "resources": {"subscribe": true, "listChanged": true},
                 "prompts": {"listChanged": false},
             },
             "serverInfo": {"name": "fvtt-relay", "title": "Foundry VTT relay",
@@ -1217,6 +1217,33 @@ impl Relay {
         });
     }
 
+    /// A world came online or went offline: its resources appeared or went away, so the
+    /// streams of sessions whose key may see it get `notifications/resources/list_changed`.
+    pub(crate) fn mcp_world_changed(&self, world: &str, out: &mut Vec<Action>) {
+        let conns: Vec<ConnId> = self
+            .mcp
+            .sessions
+            .values()
+            .filter(|s| s.stream.is_some())
+            .filter(|s| {
+                s.owner.is_empty()
+                    || self.state.api_keys.iter().any(|k| {
+                        k.id == s.owner
+                            && (k.client_ids.is_empty() || k.client_ids.iter().any(|c| c == world))
+                    })
+            })
+            .filter_map(|s| s.stream)
+            .collect();
+        if conns.is_empty() {
+            return;
+        }
+        let note = r#"{"jsonrpc":"2.0","method":"notifications/resources/list_changed"}"#;
+        out.push(Action::SseWrite {
+            conns,
+            bytes: Rc::from(sse::event(None, None, note)),
+        });
+    }
+
     /// Hub deliveries never go to the virtual subscribers of MCP sessions.
     pub(crate) fn mcp_strip_virtual(&self, conns: &mut Vec<ConnId>) {
         if self.mcp.subscribed > 0 {
@@ -1687,6 +1714,42 @@ mod tests {
             "the plain stream remains"
         );
         assert_eq!(h.relay.mcp.session_count(), 0);
+    }
+
+    #[test]
+    fn worlds_coming_and_going_change_the_resource_list() {
+        let mut h = H::new(Config::default());
+        let full = h.api_key.clone();
+        let bound = h.key(&["entity:read"], &[OTHER], None);
+        let mut streams = Vec::new();
+        for key in [&full, &bound] {
+            let sid = init(&mut h, key, V);
+            let stream = h.conn();
+            let hd = head(
+                Method::Get,
+                "/mcp",
+                &[
+                    ("x-api-key", key),
+                    ("mcp-session-id", &sid),
+                    ("accept", "text/event-stream"),
+                ],
+            );
+            h.input(Input::Request {
+                conn: stream,
+                peer: PEER,
+                head: &hd,
+                body: vec![],
+            });
+            streams.push(stream);
+        }
+        let (link, out) = h.world_online(WORLD);
+        assert!(bytes_to(&out, streams[0]).contains("notifications/resources/list_changed"));
+        assert!(
+            !bytes_to(&out, streams[1]).contains("list_changed"),
+            "not that key's world"
+        );
+        let out = h.input(Input::Closed { conn: link });
+        assert!(bytes_to(&out, streams[0]).contains("notifications/resources/list_changed"));
     }
 
     #[test]
