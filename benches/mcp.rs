@@ -9,10 +9,16 @@
 //! 2. Heap per idle MCP session: bytes still allocated after `initialize` + `notifications/
 //!    initialized` for N sessions, divided by N (a counting global allocator; goal: < 8 KiB).
 //!
+//! 3. The same seen from outside: the release binary's VmRSS before and after N idle sessions
+//!    opened over HTTP (includes allocator slack; the in-process figure is the exact one).
+//!
 //! `cargo bench --bench mcp` (`BENCH_QUICK=1`: fewer rounds). Prints a table and one JSON line.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::net::{IpAddr, Ipv4Addr};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -245,6 +251,103 @@ fn session(b: &mut Bench) -> String {
     sid
 }
 
+/// VmRSS of `pid` in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// One keep-alive POST /mcp; returns the response head (lower-cased) after reading the body.
+fn post(s: &mut TcpStream, key: &str, sid: Option<&str>, body: &str) -> String {
+    let sid = sid.map_or(String::new(), |v| format!("Mcp-Session-Id: {v}\r\n"));
+    let req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n\
+         Accept: application/json, text/event-stream\r\nContent-Type: application/json\r\n\
+         {sid}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).expect("read head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).expect("read body");
+    head
+}
+
+/// Part 3: RSS per idle session of the real binary.
+fn rss_per_session(n: usize) -> f64 {
+    let bin = env!("CARGO_BIN_EXE_fvtt-relay");
+    let dir = std::env::temp_dir().join(format!("fvtt-relay-mcp-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let data = dir.to_string_lossy().to_string();
+    let out = Command::new(bin)
+        .args(["key", "create", "--name", "bench", "--scopes", "all"])
+        .args(["--rate-limit", "100000000", "--data-dir", &data])
+        .output()
+        .expect("key create");
+    let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let sessions = (n * 2).to_string();
+    let mut child = Command::new(bin)
+        .args(["--listen", "127.0.0.1:0", "--data-dir", &data])
+        .args(["--mcp-sessions-per-key", &sessions, "--log-level", "warn"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the relay");
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("stdout");
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("ready line");
+    let addr = line
+        .trim()
+        .rsplit("http://")
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let mut s = TcpStream::connect(&addr).expect("connect");
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}"#;
+    let note = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    let mut open = |count: usize| {
+        for _ in 0..count {
+            let head = post(&mut s, &key, None, init);
+            let sid = head
+                .lines()
+                .find_map(|l| l.strip_prefix("mcp-session-id:"))
+                .map(|v| v.trim().to_string());
+            post(&mut s, &key, sid.as_deref(), note);
+        }
+    };
+    open(100); // warm up: tables and buffers the first sessions grow
+    std::thread::sleep(Duration::from_millis(200));
+    let before = rss_kib(child.id());
+    open(n);
+    std::thread::sleep(Duration::from_millis(200));
+    let after = rss_kib(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    (after.saturating_sub(before) * 1024) as f64 / n as f64
+}
+
 fn main() {
     // cargo bench passes --bench; `cargo test --all-targets` runs us without it: then a short
     // run checks that both paths still answer (the figures mean nothing in a debug build).
@@ -309,6 +412,8 @@ fn main() {
     // The ids kept here are the bench's, not the relay's.
     let per_session = (after - before - ids_bytes as isize) as f64 / n as f64;
 
+    let rss = if measuring { rss_per_session(n) } else { 0.0 };
+
     println!("MCP overhead (relay core, in-process; {rounds} calls each, alternating)");
     println!("  REST POST /roll           {rest_us:8.2} µs/call");
     println!("  MCP tools/call roll_dice  {mcp_us:8.2} µs/call");
@@ -320,10 +425,14 @@ fn main() {
         "  idle MCP session          {:8.0} bytes     (goal < 8192; {n} sessions)",
         per_session
     );
+    if measuring {
+        println!("  idle MCP session, binary  {rss:8.0} bytes RSS (release binary, {n} sessions)");
+    }
     println!(
         "{}",
         serde_json::json!({"bench": "mcp", "rounds": rounds, "rest_us": rest_us, "mcp_us": mcp_us,
-            "added_us": mcp_us - rest_us, "session_bytes": per_session, "sessions": n})
+            "added_us": mcp_us - rest_us, "session_bytes": per_session, "sessions": n,
+            "session_rss_bytes": rss})
     );
     drop(sids);
 }
