@@ -8,8 +8,12 @@
 #   make check-unit   systemd-analyze verify + security score of deploy/fvtt-relay.service
 #   make fmt          format the code
 #   make docs         regenerate docs/CONFIG.md from src/config.rs
+#   make contract     the API contract check (schemathesis against /openapi.json)
+#   make contract-deep the same with more examples per operation
+#   make screenshots  re-take the admin/pair page screenshots under docs/ (Chromium)
 #   make bench        benchmarks (BENCH_QUICK=1 for `make bench-quick`)
 #   make bench-compare URL=http://127.0.0.1:PORT KEY=... CLIENT_ID=fvtt_...
+#   make fuzz         AFL++ fuzz targets, FUZZ_SECONDS (default 60) each; not part of `make test`
 #   make clean        remove build output (never ./data)
 
 CARGO    ?= cargo
@@ -24,13 +28,13 @@ MCP_CONFORMANCE = 0.1.13
 MCP_TS_SDK = 1.32.2
 MCP_PY_SDK = 2.3.0
 
-.PHONY: mcp-deps mcp-conformance run test test-deps unit conformance lint fmt docs bench bench-quick bench-compare clean tools check-unit
+.PHONY: mcp-deps mcp-conformance run test test-deps screenshots unit conformance lint fmt docs bench bench-quick bench-compare clean tools check-unit contract contract-deep contract-deps fuzz
 
 run:
 	$(CARGO) build --release
 	target/release/fvtt-relay --listen $(LISTEN) --data-dir $(DATA_DIR)
 
-test: lint test-deps mcp-deps unit check-unit mcp-conformance
+test: lint test-deps contract-deps mcp-deps unit check-unit mcp-conformance
 	scripts/conformance.sh --quick
 
 # deploy/fvtt-relay.service must load in systemd and keep its hardening. `verify` checks
@@ -61,8 +65,9 @@ check-unit:
 		echo "systemd-analyze security --offline unsupported: score check SKIPPED"; \
 	fi
 
-# The admin page's browser test needs Chromium (Debian's package). Installed here when we can
-# (root, apt); otherwise tests/admin_browser.rs tries itself and, failing that, says SKIPPED.
+# The admin page's browser test needs Chromium (Debian's package) and axe-core (npm, into
+# target/axe). Installed here when we can (root, apt; npm); otherwise tests/admin_browser.rs
+# tries itself and, failing that, says SKIPPED.
 test-deps:
 	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "installing chromium for the admin page test"; \
@@ -70,6 +75,20 @@ test-deps:
 		{ apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; } || \
 		echo "chromium could not be installed; the admin browser test will say SKIPPED"; \
 	fi
+	@if ! command -v npm >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing npm for axe-core"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null 2>&1 || \
+		echo "npm could not be installed; the admin browser test will skip its axe checks"; \
+	fi
+	@if [ ! -f target/axe/node_modules/axe-core/axe.min.js ] && command -v npm >/dev/null 2>&1; then \
+		echo "installing axe-core (npm) for the admin page accessibility check"; \
+		npm install --silent --no-audit --no-fund --prefix target/axe axe-core >/dev/null 2>&1 || \
+		echo "axe-core could not be installed; the admin browser test will skip its axe checks"; \
+	fi
+
+# Re-takes the pages' screenshots under docs/ (the browser test with FVTT_RELAY_SCREENSHOT=1).
+screenshots: test-deps
+	FVTT_RELAY_SCREENSHOT=1 $(CARGO) test --test admin_browser -- --test-threads=1
 
 # The official MCP SDK clients and conformance suite for tests/mcp.rs and mcp-conformance,
 # under target/ (gitignored). Quick when already installed; without npm or python3 the MCP
@@ -149,5 +168,39 @@ bench-compare:
 	@echo "$(CARGO) bench --bench relay  (URL, KEY and CLIENT_ID from the environment)"
 	@$(BENCH_ULIMIT); $(CARGO) bench --bench relay
 
+# Coverage-guided fuzzing with cargo-afl (installed here when missing). tests/fuzz/run.sh sets
+# the AFL++ environment a container needs; it exits non-zero and lists the files when any
+# target found a crash or a hang. FUZZ_TARGETS="http_head chunked" picks targets.
+FUZZ_SECONDS ?= 60
+
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) CARGO=$(CARGO) tests/fuzz/run.sh
+
 clean:
 	$(CARGO) clean
+
+# The API contract check (tests/contract.rs): schemathesis from PyPI in a venv under target/.
+SCHEMATHESIS_VERSION ?= 4.32.5
+CONTRACT_VENV = target/contract-venv
+
+ASYNCAPI_PARSER_VERSION ?= 3.6.6
+CONTRACT_NODE = target/contract-node
+
+contract-deps:
+	@if [ ! -x $(CONTRACT_VENV)/bin/schemathesis ]; then \
+		echo "installing schemathesis $(SCHEMATHESIS_VERSION) into $(CONTRACT_VENV)"; \
+		python3 -m venv $(CONTRACT_VENV) && \
+		$(CONTRACT_VENV)/bin/pip install -q "schemathesis==$(SCHEMATHESIS_VERSION)"; \
+	fi
+	@if [ ! -d $(CONTRACT_NODE)/node_modules/@asyncapi/parser ]; then \
+		echo "installing @asyncapi/parser $(ASYNCAPI_PARSER_VERSION) into $(CONTRACT_NODE)"; \
+		mkdir -p $(CONTRACT_NODE) && \
+		npm install --silent --no-audit --no-fund --prefix $(CONTRACT_NODE) \
+			"@asyncapi/parser@$(ASYNCAPI_PARSER_VERSION)"; \
+	fi
+
+contract: contract-deps
+	$(CARGO) test --test contract -- --nocapture
+
+contract-deep: contract-deps
+	CONTRACT_MAX_EXAMPLES=50 $(CARGO) test --test contract -- --nocapture

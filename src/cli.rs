@@ -1,5 +1,5 @@
 //! The owner's command line: `fvtt-relay key create|list|revoke`, `pair`, `worlds`, `unpair`,
-//! `admin-key [--rotate]`.
+//! `admin-key [--rotate]`, `status`.
 //!
 //! Each command works in two modes, chosen by the data directory's lock:
 //! - relay running (the lock is held): the command calls the relay's admin API on loopback,
@@ -29,10 +29,22 @@ use crate::store::{self, Store};
 pub const ADDR_FILE: &str = "relay.addr";
 /// The file holding the admin key (0600), written on first start and by `admin-key --rotate`.
 pub const ADMIN_KEY_FILE: &str = "admin.key";
+
+/// The admin page's address for the start-up log: under `--public-url` when set, else the
+/// listening address (a wildcard one names no host a browser can use, so it says so).
+pub fn admin_page_url(public_url: Option<&str>, addr: std::net::SocketAddr) -> String {
+    if let Some(u) = public_url {
+        return format!("{}/admin", u.trim_end_matches('/'));
+    }
+    if addr.ip().is_unspecified() {
+        return format!("http://<this machine's address>:{}/admin", addr.port());
+    }
+    format!("http://{addr}/admin")
+}
 /// How long the CLI waits for the running relay to answer.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
-const COMMANDS: [&str; 5] = ["key", "pair", "worlds", "unpair", "admin-key"];
+const COMMANDS: [&str; 6] = ["key", "pair", "worlds", "unpair", "admin-key", "status"];
 
 /// Whether `first` (the first argument) names a subcommand rather than a relay option.
 pub fn is_command(first: &str) -> bool {
@@ -56,8 +68,19 @@ the relay's --pairing-code-ttl while it runs). --client-id re-pairs that existin
 ";
 const USAGE_WORLDS: &str = "\
 Usage: fvtt-relay worlds [--json]
+       fvtt-relay worlds grant CLIENT_ID [--targets ID,ID|*] [--scopes a,b] [--json]
 
-List the paired worlds and whether each is online.
+List the paired worlds and whether each is online. `grant` sets a world's cross-world
+permission: the other worlds it may send remote requests to (clientIds, or * for every other
+world; never itself) and the scopes those requests may use. An omitted flag keeps its value;
+an empty one (--targets '') clears it.
+";
+const USAGE_STATUS: &str = "\
+Usage: fvtt-relay status [--json]
+
+Ask the running relay (through its admin API on loopback): listening address, uptime, worlds
+online and offline with when each was last seen and its last close (code, reason, in words),
+open connections by kind, and the state file.
 ";
 const USAGE_UNPAIR: &str = "\
 Usage: fvtt-relay unpair CLIENT_ID
@@ -96,6 +119,7 @@ struct Flags {
     rotate: bool,
     name: Option<String>,
     scopes: Option<String>,
+    targets: Option<String>,
     client_ids: Vec<String>,
     user_id: Option<String>,
     expires_in: Option<u32>,
@@ -128,6 +152,7 @@ fn parse_flags(args: &[String]) -> Result<Flags, CliError> {
             "--data-dir" => f.data_dir = Some(PathBuf::from(value(name)?)),
             "--name" => f.name = Some(value(name)?),
             "--scopes" => f.scopes = Some(value(name)?),
+            "--targets" => f.targets = Some(value(name)?),
             "--client-id" => f.client_ids.push(value(name)?),
             "--user-id" => f.user_id = Some(value(name)?),
             "--expires-in" => f.expires_in = Some(number(name, value(name)?)?),
@@ -169,6 +194,7 @@ fn usage_of(cmd: &str) -> &'static str {
         "pair" => USAGE_PAIR,
         "worlds" => USAGE_WORLDS,
         "unpair" => USAGE_UNPAIR,
+        "status" => USAGE_STATUS,
         _ => USAGE_ADMIN_KEY,
     }
 }
@@ -192,12 +218,14 @@ fn run_with(args: &[String], env_dir: Option<String>, out: &mut dyn Write) -> Re
             return Err(CliError::Usage("key needs create, list or revoke".into()));
         }
         Some(f.positional.remove(0))
+    } else if cmd == "worlds" && f.positional.first().map(String::as_str) == Some("grant") {
+        Some(f.positional.remove(0))
     } else {
         None
     };
     let want_args = match (cmd, sub.as_deref()) {
-        ("key", Some("revoke")) | ("unpair", _) => 1,
-        ("key", Some("create" | "list")) | ("pair" | "worlds" | "admin-key", _) => 0,
+        ("key", Some("revoke")) | ("unpair", _) | ("worlds", Some("grant")) => 1,
+        ("key", Some("create" | "list")) | ("pair" | "worlds" | "admin-key" | "status", _) => 0,
         ("key", Some(other)) => {
             return Err(CliError::Usage(format!("unknown key command {other:?}")))
         }
@@ -262,12 +290,67 @@ fn run_with(args: &[String], env_dir: Option<String>, out: &mut dyn Write) -> Re
                 eprintln!("Enter this code in the Foundry module's pairing dialog (valid {mins} min, single use).");
             }
         }
+        ("worlds", Some(_)) => {
+            let list = |v: &Option<String>| {
+                v.as_ref().map(|s| {
+                    s.split(',')
+                        .map(str::trim)
+                        .filter(|x| !x.is_empty())
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                })
+            };
+            let v = backend.grant(&id, list(&f.targets), list(&f.scopes))?;
+            if f.json {
+                let _ = writeln!(out, "{v:#}");
+            } else {
+                let show = |k: &str| {
+                    let items: Vec<&str> = v[k]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect();
+                    if items.is_empty() {
+                        "none".to_string()
+                    } else {
+                        items.join(",")
+                    }
+                };
+                let _ = writeln!(
+                    out,
+                    "{id}: targets {}; scopes {}",
+                    show("allowedTargets"),
+                    show("remoteScopes")
+                );
+            }
+        }
         ("worlds", _) => {
             let worlds = backend.list("worlds")?;
             if f.json {
                 let _ = writeln!(out, "{:#}", Value::Array(worlds));
             } else {
                 print_worlds(&worlds, out);
+            }
+        }
+        ("status", _) => {
+            let Backend::Running { addr, key } = &backend else {
+                let state = dir.join(crate::store::STATE_FILE);
+                return Err(fail(format!(
+                    "the relay is not running (nothing holds {}); state file: {}",
+                    dir.display(),
+                    state.display()
+                )));
+            };
+            let mut v = call(*addr, key, "GET", "/admin/api/status", None)?;
+            // The address the relay bound (its --listen may say port 0), from relay.addr.
+            if let Ok(bound) = std::fs::read_to_string(dir.join(ADDR_FILE)) {
+                v["listen"] = json!(bound.trim());
+            }
+            if f.json {
+                let _ = writeln!(out, "{v:#}");
+            } else {
+                print_status(&v, out);
             }
         }
         ("unpair", _) => {
@@ -326,12 +409,90 @@ fn print_keys(keys: &[Value], out: &mut dyn Write) {
     }
 }
 
+fn print_status(v: &Value, out: &mut dyn Write) {
+    let listen = v["listen"].as_str().unwrap_or("?");
+    let up = v["uptimeSeconds"].as_u64().unwrap_or(0);
+    let c = &v["connections"];
+    let n = |k: &str| c[k].as_u64().unwrap_or(0);
+    let worlds = v["worlds"].as_array().cloned().unwrap_or_default();
+    let online = worlds.iter().filter(|w| w["isOnline"] == true).count();
+    let _ = writeln!(
+        out,
+        "fvtt-relay {} listening on {listen}",
+        v["version"].as_str().unwrap_or("?")
+    );
+    let _ = writeln!(
+        out,
+        "uptime       {}h {:02}m {:02}s",
+        up / 3600,
+        up % 3600 / 60,
+        up % 60
+    );
+    let _ = writeln!(
+        out,
+        "state file   {}",
+        v["stateFile"].as_str().unwrap_or("?")
+    );
+    let _ = writeln!(
+        out,
+        "connections  {} world links ({} authenticating), {} SSE, {} /ws/api, {} /ws/events",
+        n("worldLinks"),
+        n("worldLinksAuthenticating"),
+        n("sse"),
+        n("wsApi"),
+        n("wsEvents")
+    );
+    let _ = writeln!(
+        out,
+        "worlds       {online} online, {} offline",
+        worlds.len() - online
+    );
+    for w in &worlds {
+        let on = w["isOnline"] == true;
+        let _ = writeln!(
+            out,
+            "  {}  {}  {}  {} {}",
+            w["clientId"].as_str().unwrap_or(""),
+            if on { "online " } else { "offline" },
+            w["worldTitle"].as_str().unwrap_or(""),
+            if on { "connected" } else { "last seen" },
+            ms_label(if on {
+                &w["connectedSince"]
+            } else {
+                &w["lastSeen"]
+            }),
+        );
+        let close = &w["lastClose"];
+        if close.is_object() {
+            let code = close["code"]
+                .as_u64()
+                .map_or(String::new(), |c| format!("{c} "));
+            let reason = close["reason"].as_str().unwrap_or("");
+            let by = close["by"]
+                .as_str()
+                .map_or(String::new(), |b| format!(" by {b}"));
+            let _ = writeln!(
+                out,
+                "      last close {}: {code}{reason}{by}: {}",
+                ms_label(&close["at"]),
+                close["text"].as_str().unwrap_or("")
+            );
+        }
+        if let Some(why) = w["offlineReason"].as_str() {
+            let _ = writeln!(out, "      why offline: {why}");
+        }
+    }
+}
+
 fn print_worlds(worlds: &[Value], out: &mut dyn Write) {
-    let _ = writeln!(out, "CLIENT ID\tONLINE\tWORLD\tSYSTEM\tLAST SEEN");
+    let _ = writeln!(
+        out,
+        "CLIENT ID\tONLINE\tWORLD\tSYSTEM\tLAST SEEN\tSERVER ORIGIN"
+    );
     for w in worlds {
         let _ = writeln!(
             out,
-            "{}\t{}\t{}\t{}\t{}",
+            "{}\t{}\t{}\t{}\t{}\t{}",
             w["clientId"].as_str().unwrap_or(""),
             if w["isOnline"].as_bool() == Some(true) {
                 "yes"
@@ -341,7 +502,29 @@ fn print_worlds(worlds: &[Value], out: &mut dyn Write) {
             w["worldTitle"].as_str().unwrap_or(""),
             w["systemId"].as_str().unwrap_or(""),
             ms_label(&w["lastSeen"]),
+            w["serverOrigin"]
+                .as_str()
+                .filter(|o| !o.is_empty())
+                .unwrap_or("-"),
         );
+        // Why it is offline (the running relay's words), else the last link event kept in
+        // the state file.
+        let why = w["offlineReason"].as_str().or_else(|| {
+            (w["isOnline"] != true)
+                .then(|| w["lastLink"]["text"].as_str())
+                .flatten()
+        });
+        if let Some(why) = why {
+            let _ = writeln!(out, "\t{why}");
+        }
+        // The module's last notice (module-notify), from the running relay.
+        if let Some(text) = w["lastNotice"]["text"].as_str() {
+            let _ = writeln!(
+                out,
+                "\tmodule notice {}: {text}",
+                ms_label(&w["lastNotice"]["at"])
+            );
+        }
     }
 }
 
@@ -456,6 +639,46 @@ impl Backend {
                     }));
                 }
                 Backend::save(store)
+            }
+        }
+    }
+
+    /// Set a world's cross-world grants (`None` keeps a list); returns its admin view.
+    fn grant(
+        &mut self,
+        id: &str,
+        targets: Option<Vec<String>>,
+        scopes: Option<Vec<String>>,
+    ) -> Result<Value, CliError> {
+        match self {
+            Backend::Running { addr, key } => {
+                let mut body = json!({});
+                if let Some(t) = targets {
+                    body["allowedTargets"] = json!(t);
+                }
+                if let Some(s) = scopes {
+                    body["remoteScopes"] = json!(s);
+                }
+                let path = format!(
+                    "/admin/api/worlds/{}",
+                    crate::enc::percent_encode_component(id)
+                );
+                call(*addr, key, "PATCH", &path, Some(&body))
+            }
+            Backend::Stopped(store) => {
+                let st = store.state_mut();
+                let Some(mut w) = st.worlds.iter().find(|w| w.client_id == id).cloned() else {
+                    return Err(fail(format!("no world with clientId {id}")));
+                };
+                let t = targets.unwrap_or_else(|| w.allowed_targets.clone());
+                let s = scopes.unwrap_or_else(|| w.remote_scopes.clone());
+                let (t, s) = crate::relay::remote::validate_grants(st, id, &t, &s).map_err(fail)?;
+                w.allowed_targets = t;
+                w.remote_scopes = s;
+                let v = world_json(&w, None);
+                st.upsert_world(w);
+                Backend::save(store)?;
+                Ok(v)
             }
         }
     }
@@ -581,6 +804,23 @@ mod tests {
 
     fn args(s: &str) -> Vec<String> {
         s.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn admin_page_url_names_a_host_a_browser_can_use() {
+        let a = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        assert_eq!(
+            admin_page_url(None, a("127.0.0.1:3010")),
+            "http://127.0.0.1:3010/admin"
+        );
+        assert_eq!(
+            admin_page_url(None, a("0.0.0.0:3010")),
+            "http://<this machine's address>:3010/admin"
+        );
+        assert_eq!(
+            admin_page_url(Some("https://relay.example.com/"), a("0.0.0.0:3010")),
+            "https://relay.example.com/admin"
+        );
     }
 
     #[test]

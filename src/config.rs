@@ -270,6 +270,13 @@ options! {
         /// A world link with no frame at all for this long is dropped. Liveness rests on
         /// control pings: the module never answers a JSON ping (module-protocol.md).
         module_idle_timeout: Duration = duration("40s"), "time";
+        /// Link events (connected, closed, refused) kept per paired world for "why is it
+        /// offline?" on the admin page, `fvtt-relay worlds` and API errors.
+        world_history: usize = count("8"), "events";
+        /// A world link that has shown no life (no message, no pong) for a ping interval
+        /// plus this has missed a ping; a newcomer for its clientId then replaces it (the
+        /// stale link gets 1001) instead of waiting with 4004.
+        module_stale_margin: Duration = duration("5s"), "time";
         /// Largest message on /ws/api.
         api_max_message: usize = size("1M"), "bytes";
         /// Largest single frame on /ws/api.
@@ -319,6 +326,12 @@ options! {
         max_request_timeout: Duration = duration("45s"), "time";
         /// Timeout for a request sent over /ws/api.
         ws_api_request_timeout: Duration = duration("30s"), "time";
+        /// Timeout for a cross-world remote-request (the module's own default is 60 s);
+        /// then the asking world gets remote-response with an error.
+        remote_request_timeout: Duration = duration("1m"), "time";
+        /// Cross-world requests one world may have in flight at once; more are answered
+        /// with an error at once.
+        remote_max_inflight: usize = count("100"), "requests";
         /// Requests one /ws/api connection may have in flight at once.
         ws_api_max_inflight: usize = count("100"), "requests";
         /// /ws/api event subscriptions per world, over all sockets and channels (the
@@ -330,6 +343,9 @@ options! {
         sse_keepalive: Duration = duration("15s"), "time";
         /// Reconnect delay advertised to SSE clients in the `retry:` field.
         sse_retry: Duration = duration("3s"), "time";
+        /// Reconnect delay sent (`retry:`) to an SSE stream refused because its channel is full,
+        /// so a browser's EventSource backs off instead of retrying every few seconds.
+        sse_refused_retry: Duration = duration("1m"), "time";
         /// Events kept per world for Last-Event-ID and `since` resumes.
         ring_events: usize = count("1000"), "events";
         /// Bytes of events kept per world for resumes; the oldest go first.
@@ -346,9 +362,10 @@ options! {
         pair_request_rate_limit: usize = count("20"), "requests/15 min/IP";
         /// WebSocket upgrades per minute per IP.
         ws_upgrade_rate_limit: usize = count("100"), "upgrades/min/IP";
-        /// Browser origins allowed to open WebSockets, comma-separated (e.g.
-        /// https://app.example.com), or * for any. Empty: same-origin only. Requests
-        /// without an Origin header (non-browser clients) are not affected.
+        /// Browser origins allowed to open WebSockets besides the relay's own (same-origin,
+        /// and --public-url's), comma-separated (e.g. https://app.example.com), or * for
+        /// any. The list adds to same-origin, never replaces it. Requests without an Origin
+        /// header (non-browser clients) are not affected.
         allowed_ws_origins: Vec<String> = origins(""), "origins";
         /// Honour X-Forwarded-For and X-Forwarded-Proto, only from a reverse proxy on
         /// loopback. Enable when the relay sits behind nginx or Caddy on the same host.
@@ -1010,6 +1027,8 @@ mod tests {
             module_max_frame: 64 * M,
             module_ping_interval: secs(20),
             module_idle_timeout: secs(40),
+            world_history: 8,
+            module_stale_margin: secs(5),
             api_max_message: M,
             api_max_frame: M,
             api_ping_interval: secs(30),
@@ -1029,11 +1048,14 @@ mod tests {
             request_timeout_default: secs(10),
             max_request_timeout: secs(45),
             ws_api_request_timeout: secs(30),
+            remote_request_timeout: secs(60),
+            remote_max_inflight: 100,
             ws_api_max_inflight: 100,
             ws_api_max_subscriptions: 10,
             sse_max_per_channel: 10,
             sse_keepalive: secs(15),
             sse_retry: secs(3),
+            sse_refused_retry: secs(60),
             ring_events: 1000,
             ring_bytes: 4 * M,
             pairing_code_ttl: secs(600),

@@ -75,6 +75,7 @@ fn serve(cfg: Config) -> Result<(), Fatal> {
         base_ms: store::unix_ms(),
     };
     let cfg_dir = cfg.data_dir.clone();
+    let public_url = cfg.public_url.clone();
     let relay = Relay::new(cfg.clone(), store.state().clone(), clock);
     let mut server = Server::bind(cfg, store, relay)?;
     let addr = server.local_addr();
@@ -94,6 +95,12 @@ fn serve(cfg: Config) -> Result<(), Fatal> {
     log::info!(
         "fvtt-relay {} listening on {addr}",
         env!("CARGO_PKG_VERSION")
+    );
+    // Where a new owner goes next; the key itself is never logged, only where it is.
+    log::info!(
+        "admin page: {}; the admin key is in {}",
+        cli::admin_page_url(public_url.as_deref(), addr),
+        cfg_dir.join(cli::ADMIN_KEY_FILE).display()
     );
     let result = server.run();
     let _ = std::fs::remove_file(&addr_file);

@@ -45,6 +45,7 @@ pub struct Metrics {
     pub slow_module: u64,
     pub slow_other: u64,
     pub world_connects: u64,
+    pub module_notices: u64,
     pub state_saves: u64,
     pub state_save_failures: u64,
 }
@@ -206,6 +207,12 @@ impl Metrics {
             "counter",
             "World links authenticated.",
             &[("", self.world_connects)],
+        );
+        one(
+            "module_notices_total",
+            "counter",
+            "module-notify notices received from worlds (a setting changed, ...).",
+            &[("", self.module_notices)],
         );
         one(
             "state_saves_total",

@@ -741,6 +741,16 @@ impl Server {
                 }
                 WsEvent::Closed { code, reason } => {
                     debug!("{id}: peer closed ({code:?} {reason:?})");
+                    if endpoint == Some(Endpoint::Module) {
+                        self.send_to_relay(
+                            Input::PeerClose {
+                                conn: id,
+                                code,
+                                reason,
+                            },
+                            now,
+                        );
+                    }
                     if let Some(c) = self.conn_mut(id) {
                         c.begin_close(now);
                     }
@@ -777,6 +787,7 @@ impl Server {
             | Input::Upgrade { conn, .. }
             | Input::WsText { conn, .. }
             | Input::Alive { conn }
+            | Input::PeerClose { conn, .. }
             | Input::Closed { conn } => Some(*conn),
             Input::Timer(_) => None,
         };

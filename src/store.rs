@@ -86,7 +86,7 @@ fn injected_failures() -> u32 {
 
 /// Schema version written into every saved file. Bump it together with a new step in
 /// [`migrate`] whenever a field changes meaning or shape.
-pub const STATE_VERSION: u32 = 1;
+pub const STATE_VERSION: u32 = 2;
 
 /// File names inside the data directory.
 pub const STATE_FILE: &str = "state.json";
@@ -106,6 +106,10 @@ pub struct State {
     pub tokens: Vec<ConnToken>,
     pub worlds: Vec<KnownWorld>,
     pub pairing_codes: Vec<PairingCode>,
+    /// Signed-in admin page sessions (relay/admin.rs), so a restart does not sign the owner
+    /// out. Only the SHA-256 of each session cookie is kept.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub admin_sessions: Vec<AdminSession>,
     /// `hash -> index into api_keys`. Rebuilt by [`State::reindex`].
     #[serde(skip)]
     pub(crate) key_index: HashMap<String, usize>,
@@ -124,6 +128,7 @@ impl Default for State {
             tokens: Vec::new(),
             worlds: Vec::new(),
             pairing_codes: Vec::new(),
+            admin_sessions: Vec::new(),
             key_index: HashMap::new(),
             token_index: HashMap::new(),
         }
@@ -192,8 +197,39 @@ pub struct KnownWorld {
     pub foundry_version: String,
     pub custom_name: String,
     pub server_fingerprint: String,
+    /// The Foundry server's origin (`serverOrigin` in `/auth/pair`, normalized; "" unknown):
+    /// a copy of the world on another server gets its own clientId (relay-protocol.md §5.6).
+    pub server_origin: String,
+    /// Cross-world permission (relay-protocol.md §5.8): the clientIds this world may send
+    /// `remote-request`s to, or `*` for every other world; never itself.
+    pub allowed_targets: Vec<String>,
+    /// The scopes those remote requests may use (the action's scope must be among them).
+    pub remote_scopes: Vec<String>,
     pub paired_ms: u64,
     pub last_seen_ms: Option<u64>,
+    /// The world's latest link event in words (relay/history.rs), so "why is it offline?"
+    /// still has an answer after a restart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_link: Option<LinkNote>,
+}
+
+/// One link event of a world, as words and a time (relay/history.rs words it).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(default)]
+pub struct LinkNote {
+    pub at_ms: u64,
+    /// `connected`, `closed` or `refused`.
+    pub kind: String,
+    pub text: String,
+}
+
+/// An admin page session: the SHA-256 hex of its cookie value, and its lifetime.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(default)]
+pub struct AdminSession {
+    pub hash: String,
+    pub created_ms: u64,
+    pub expires_ms: u64,
 }
 
 /// A 6-character pairing code (relay-protocol.md §5.6: single use, 10 min).
@@ -257,6 +293,7 @@ pub fn migrate(mut value: Value) -> Result<State, String> {
     while version < STATE_VERSION {
         match version {
             0 => migrate_v0_to_v1(obj)?,
+            1 => migrate_v1_to_v2(obj)?,
             // Unreachable while every version below STATE_VERSION has an arm above.
             v => return Err(format!("no migration from schema version {v}")),
         }
@@ -288,6 +325,26 @@ fn migrate_v0_to_v1(obj: &mut serde_json::Map<String, Value>) -> Result<(), Stri
                     key.insert(field.into(), Value::Array(list));
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// v1 -> v2: each known world gains `server_origin` ("" = not known yet; the next pairing
+/// from the world records it) and empty cross-world grants (`allowed_targets`,
+/// `remote_scopes`: nothing is allowed until the owner grants it).
+fn migrate_v1_to_v2(obj: &mut serde_json::Map<String, Value>) -> Result<(), String> {
+    if let Some(worlds) = obj.get_mut("worlds") {
+        let worlds = worlds.as_array_mut().ok_or("\"worlds\" is not an array")?;
+        for w in worlds {
+            let Some(w) = w.as_object_mut() else {
+                return Err("an entry of \"worlds\" is not an object".into());
+            };
+            w.entry("server_origin").or_insert_with(|| Value::from(""));
+            w.entry("allowed_targets")
+                .or_insert_with(|| Value::Array(Vec::new()));
+            w.entry("remote_scopes")
+                .or_insert_with(|| Value::Array(Vec::new()));
         }
     }
     Ok(())
@@ -985,7 +1042,9 @@ pub(crate) mod tests {
             (r#"{"version":-1}"#, "non-negative"),
             (r#"{"version":"1"}"#, "non-negative"),
             (r#"{"version":4294967296}"#, "non-negative"),
-            (r#"{"version":2}"#, "newer"),
+            (r#"{"version":3}"#, "newer"),
+            (r#"{"version":1,"worlds":{}}"#, "not an array"),
+            (r#"{"version":1,"worlds":[1]}"#, "not an object"),
             (r#"{"api_keys":{}}"#, "not an array"),
         ] {
             let v: Value = serde_json::from_str(json).unwrap();
@@ -993,7 +1052,28 @@ pub(crate) mod tests {
             assert!(e.contains(want), "{json}: {e}");
         }
         let ok: Value = serde_json::from_str(r#"{"version":1}"#).unwrap();
-        assert_eq!(migrate(ok).unwrap().version, 1);
+        assert_eq!(migrate(ok).unwrap().version, STATE_VERSION);
+    }
+
+    #[test]
+    fn v1_worlds_gain_server_origin() {
+        let t = TempDir::new("migrate-v1");
+        fs::create_dir_all(&t.0).unwrap();
+        let v1 = r#"{"version":1,"worlds":[{"client_id":"fvtt_a","world_id":"w",
+            "server_fingerprint":"fp","paired_ms":5}]}"#;
+        fs::write(t.0.join("state.json"), v1).unwrap();
+        let mut s = Store::open(&t.0).unwrap();
+        assert_eq!(s.state().version, 2);
+        assert_eq!(s.state().worlds[0].server_origin, "");
+        assert_eq!(s.state().worlds[0].server_fingerprint, "fp");
+        s.save().unwrap();
+        let saved: Value =
+            serde_json::from_slice(&fs::read(t.0.join("state.json")).unwrap()).unwrap();
+        assert_eq!(saved["version"], 2);
+        assert_eq!(saved["worlds"][0]["server_origin"], "");
+        assert_eq!(saved["worlds"][0]["paired_ms"], 5);
+        assert_eq!(saved["worlds"][0]["allowed_targets"], serde_json::json!([]));
+        assert_eq!(saved["worlds"][0]["remote_scopes"], serde_json::json!([]));
     }
 
     #[test]

@@ -50,11 +50,20 @@ fn sign_in_session_and_csrf() {
 
     let c = [("Cookie", cookie.as_str())];
     let r = get(addr, "/admin/api/session", &c);
-    assert_eq!(r.json(), json!({"csrfToken": csrf}));
-    assert_eq!(get(addr, "/admin/api/session", &[]).status, 401);
-    assert_eq!(
-        get(addr, "/admin/api/session", &[("Cookie", "fvtt_admin=nope")]).status,
-        401
+    assert_eq!(r.json(), json!({"signedIn": true, "csrfToken": csrf}));
+    // Signed out is an answer (200), not an error: the page logs no failed request.
+    let out = get(addr, "/admin/api/session", &[]);
+    assert_eq!(out.status, 200);
+    assert_eq!(out.json(), json!({"signedIn": false}));
+    // A stale cookie (expired, or the relay restarted) comes back with the reason.
+    let stale = get(addr, "/admin/api/session", &[("Cookie", "fvtt_admin=nope")]);
+    assert_eq!(stale.status, 200);
+    assert_eq!(stale.json()["signedIn"], json!(false));
+    assert!(
+        stale.json()["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("session has ended")),
+        "{stale:?}"
     );
     assert_eq!(get(addr, "/admin/api/keys", &c).status, 200);
 
@@ -104,7 +113,10 @@ fn sign_in_session_and_csrf() {
     assert!(r
         .header("set-cookie")
         .is_some_and(|s| s.contains("Max-Age=0")));
-    assert_eq!(get(addr, "/admin/api/session", &c).status, 401);
+    assert_eq!(
+        get(addr, "/admin/api/session", &c).json()["signedIn"],
+        json!(false)
+    );
     assert_eq!(get(addr, "/admin/api/keys", &c).status, 401);
 }
 
@@ -394,4 +406,53 @@ fn sign_in_is_rate_limited() {
     );
     assert_eq!(r.status, 429, "{r:?}");
     assert!(r.header("retry-after").is_some());
+}
+
+/// A relay restart keeps the owner signed in: sessions are in the state file, hashed, with
+/// the same expiry; the CSRF token still works; the cookie value is nowhere in the file.
+#[test]
+fn sessions_survive_a_restart_and_are_stored_hashed() {
+    let dir = TempDir::new("data");
+    let relay = Relay::start_in(dir.path(), &[]);
+    let key = admin_key(&relay);
+    let (cookie, csrf, _) = login(relay.addr(), &key);
+    let mut relay = relay;
+    relay.sigterm();
+    assert!(relay.wait_exit(secs(10)).is_some());
+    let sid = cookie.trim_start_matches("fvtt_admin=").to_string();
+    let state = std::fs::read_to_string(dir.path().join("state.json")).expect("state.json");
+    assert!(state.contains("admin_sessions"), "{state}");
+    assert!(
+        !state.contains(&sid),
+        "the session cookie is in the state file"
+    );
+    assert!(
+        !state.contains(&csrf),
+        "the CSRF token is in the state file"
+    );
+
+    let relay = Relay::start_in_when_free(dir.path(), &[]);
+    let addr = relay.addr();
+    let c = [("Cookie", cookie.as_str())];
+    let r = get(addr, "/admin/api/session", &c);
+    assert_eq!(r.json(), json!({"signedIn": true, "csrfToken": csrf}));
+    let good = [("Cookie", cookie.as_str()), ("X-CSRF-Token", csrf.as_str())];
+    let r = post_json(
+        addr,
+        "/admin/api/keys",
+        &good,
+        &json!({"name": "after-restart"}),
+    );
+    assert_eq!(r.status, 201, "{r:?}");
+    // Signing out ends it for good, across a restart too.
+    assert_eq!(
+        request(addr, "POST", "/admin/api/logout", &good, None).status,
+        204
+    );
+    let mut relay = relay;
+    relay.sigterm();
+    assert!(relay.wait_exit(secs(10)).is_some());
+    let relay = Relay::start_in_when_free(dir.path(), &[]);
+    let r = get(relay.addr(), "/admin/api/session", &c);
+    assert_eq!(r.json()["signedIn"], json!(false), "{r:?}");
 }

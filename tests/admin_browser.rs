@@ -200,6 +200,9 @@ struct Cdp {
     ws: WebSocket<TcpStream>,
     next_id: u64,
     session: Option<String>,
+    /// Errors the page reported meanwhile: console errors, failed loads (a 401 included),
+    /// CSP violations, uncaught exceptions.
+    errors: Vec<String>,
 }
 
 fn timed_out(e: &tungstenite::Error) -> bool {
@@ -228,6 +231,7 @@ impl Cdp {
             ws,
             next_id: 1,
             session: None,
+            errors: Vec::new(),
         })
     }
 
@@ -252,6 +256,20 @@ impl Cdp {
                     return Err(format!("{method}: {err}"));
                 }
                 return Ok(msg["result"].clone());
+            }
+            match msg["method"].as_str() {
+                Some("Log.entryAdded") if msg["params"]["entry"]["level"] == "error" => {
+                    let e = &msg["params"]["entry"];
+                    self.errors.push(format!("{} {}", e["text"], e["url"]));
+                }
+                Some("Runtime.exceptionThrown") => {
+                    self.errors
+                        .push(msg["params"]["exceptionDetails"].to_string());
+                }
+                Some("Runtime.consoleAPICalled") if msg["params"]["type"] == "error" => {
+                    self.errors.push(msg["params"]["args"].to_string());
+                }
+                _ => {}
             }
             if msg["method"] == "Page.javascriptDialogOpening" {
                 let dialog = self.next_id;
@@ -291,6 +309,8 @@ impl Cdp {
         self.session = Some(session.to_string());
         self.call("Page.enable", json!({}))?;
         self.call("Runtime.enable", json!({}))?;
+        self.call("Log.enable", json!({}))?;
+        self.call("Network.enable", json!({}))?;
         Ok(())
     }
 }
@@ -393,6 +413,187 @@ impl Page {
     }
 }
 
+impl Page {
+    /// One key press through CDP's Input domain (what a keyboard user does).
+    fn press(&mut self, key: &str) {
+        let (code, vk, text) = match key {
+            "Tab" => ("Tab", 9, ""),
+            "Enter" => ("Enter", 13, "\r"),
+            " " => ("Space", 32, " "),
+            other => panic!("press: no mapping for {other:?}"),
+        };
+        let mut down = json!({"type": "keyDown", "key": key, "code": code,
+            "windowsVirtualKeyCode": vk, "nativeVirtualKeyCode": vk});
+        if !text.is_empty() {
+            down["text"] = json!(text);
+        }
+        let up = json!({"type": "keyUp", "key": key, "code": code,
+            "windowsVirtualKeyCode": vk, "nativeVirtualKeyCode": vk});
+        for ev in [down, up] {
+            if let Err(e) = self.cdp.call("Input.dispatchKeyEvent", ev) {
+                panic!("pressing {key:?}: {e}");
+            }
+        }
+    }
+
+    /// Presses Tab until the focused element matches `selector` (at most `max` presses):
+    /// proves it is reachable by keyboard, in tab order.
+    fn tab_to(&mut self, selector: &str, max: usize) {
+        let check = format!(
+            "document.activeElement !== null && document.activeElement.matches({})",
+            js_str(selector)
+        );
+        for _ in 0..max {
+            self.press("Tab");
+            if self.js(&check) == json!(true) {
+                return;
+            }
+        }
+        let at = self
+            .js("document.activeElement ? document.activeElement.outerHTML.slice(0, 200) : 'none'");
+        panic!("{selector} not reached with {max} Tab presses; focus is on {at}");
+    }
+
+    fn viewport(&mut self, width: u32, height: u32, mobile: bool) {
+        let m = json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile});
+        if let Err(e) = self.cdp.call("Emulation.setDeviceMetricsOverride", m) {
+            panic!("viewport: {e}");
+        }
+    }
+
+    fn color_scheme(&mut self, scheme: &str) {
+        let media = json!({"features": [{"name": "prefers-color-scheme", "value": scheme}]});
+        if let Err(e) = self.cdp.call("Emulation.setEmulatedMedia", media) {
+            panic!("color scheme: {e}");
+        }
+    }
+
+    /// Runs axe-core on the page as it is now and fails with every violation, of any impact.
+    fn axe(&mut self, what: &str, axe_js: &str) {
+        if axe_js.is_empty() {
+            return;
+        }
+        if self.js("typeof window.axe === 'object'") != json!(true) {
+            if let Err(e) = self.eval(axe_js) {
+                panic!("injecting axe-core into {what}: {}", &e[..e.len().min(500)]);
+            }
+        }
+        let found = self.js(
+            "axe.run(document, {resultTypes: ['violations']}).then(r => r.violations.map(v =>              v.id + ' (' + v.impact + '): ' + v.help + ' -- ' + v.nodes.map(n => n.target.join(' ') +              ' ' + (n.failureSummary || '').replace(/\\s+/g, ' ')).join(' | ')))",
+        );
+        let list: Vec<String> = found
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|v| v.as_str().unwrap_or("?").to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        println!("admin_browser: axe on {what}: {} violations", list.len());
+        assert!(list.is_empty(), "axe on {what}:\n{}", list.join("\n"));
+    }
+
+    /// Fails with whatever the page logged as an error since the last call, and forgets it.
+    fn no_errors(&mut self, what: &str) {
+        // One round trip so that events already sent are read.
+        self.js("1");
+        let errs = std::mem::take(&mut self.cdp.errors);
+        assert!(
+            errs.is_empty(),
+            "{what}: the page logged errors:\n{}",
+            errs.join("\n")
+        );
+    }
+}
+
+// ---- axe-core -----------------------------------------------------------------------
+
+/// axe.min.js, from `make test-deps` (npm into target/axe) or installed here with npm; Err
+/// says why there is none.
+fn axe_source() -> Result<String, String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let path = match std::env::var("FVTT_RELAY_AXE") {
+        Ok(p) => PathBuf::from(p),
+        Err(_) => root.join("target/axe/node_modules/axe-core/axe.min.js"),
+    };
+    if !path.exists() {
+        run(
+            Command::new("npm")
+                .args(["install", "--no-audit", "--no-fund", "--prefix"])
+                .arg(root.join("target/axe"))
+                .arg("axe-core"),
+            INSTALL_TIMEOUT,
+        )?;
+    }
+    std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A relay's admin key, waited for (written on its first start, before it listens).
+fn admin_key_of(relay: &Relay) -> String {
+    let key_file = relay.data_dir().join("admin.key");
+    let mut key = String::new();
+    let found = wait_for(secs(5), || {
+        key = std::fs::read_to_string(&key_file)
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        !key.is_empty()
+    });
+    assert!(found, "no admin key in {}", key_file.display());
+    key
+}
+
+/// Chromium, axe-core (empty when it cannot be had) and a page on `relay`; None (with the
+/// SKIPPED line printed) when the browser cannot be had.
+fn browser_page(test: &str, relay: &Relay) -> Option<(Browser, Page, String)> {
+    let binary = match browser_or_install() {
+        Ok(b) => b,
+        Err(reason) => {
+            println!("{test}: SKIPPED (chromium unavailable: {reason})");
+            return None;
+        }
+    };
+    // Without axe-core the pages are still driven; only the accessibility checks are
+    // skipped, and said so.
+    let axe = match axe_source() {
+        Ok(a) => a,
+        Err(reason) => {
+            println!("{test}: axe checks SKIPPED (axe-core unavailable: {reason})");
+            String::new()
+        }
+    };
+    let browser = match Browser::launch(&binary) {
+        Ok(b) => b,
+        Err(e) => panic!("chromium at {} did not start: {e}", binary.display()),
+    };
+    let mut cdp = match Cdp::connect(&browser.ws_url) {
+        Ok(c) => c,
+        Err(e) => panic!("DevTools connection: {e}"),
+    };
+    if let Err(e) = cdp.open_page() {
+        panic!("opening a page: {e}");
+    }
+    let page = Page {
+        cdp,
+        base: relay.url(""),
+    };
+    Some((browser, page, axe))
+}
+
+fn shots() -> bool {
+    std::env::var("FVTT_RELAY_SCREENSHOT").is_ok_and(|v| v == "1")
+}
+
+fn sign_in(page: &mut Page, key: &str) {
+    page.wait(
+        "the sign-in form",
+        "!document.getElementById('login').hidden",
+    );
+    page.type_into("login-key", key);
+    page.click("#login-form button[type=submit]");
+    page.wait("signed in", "!document.getElementById('app').hidden");
+}
+
 fn truthy(v: &Value) -> bool {
     match v {
         Value::Null => false,
@@ -416,55 +617,36 @@ fn expect_status(resp: &RawResponse, want: u16, what: &str) {
 
 #[test]
 fn owner_signs_in_creates_a_key_and_approves_a_pairing() {
-    let binary = match browser_or_install() {
-        Ok(b) => b,
-        Err(reason) => {
-            println!("admin_browser: SKIPPED (chromium unavailable: {reason})");
-            return;
-        }
-    };
-    let relay = Relay::start(&[]);
+    // An allow-list for another app adds to same-origin: the page's own live view still
+    // connects (issue 10: the list used to replace it).
+    let relay = Relay::start(&["--allowed-ws-origins", "https://other-app.example"]);
     let addr = relay.addr();
-    // The relay writes the admin key on its first start (main.rs), before it listens.
-    let key_file = relay.data_dir().join("admin.key");
-    let mut admin_key = String::new();
-    let found = wait_for(secs(5), || {
-        admin_key = std::fs::read_to_string(&key_file)
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        !admin_key.is_empty()
-    });
-    assert!(found, "no admin key in {}", key_file.display());
+    let admin_key = admin_key_of(&relay);
+    let Some((browser, mut page, axe)) = browser_page("admin_browser", &relay) else {
+        return;
+    };
+    page.viewport(1280, 1000, false);
 
-    let browser = match Browser::launch(&binary) {
-        Ok(b) => b,
-        Err(e) => panic!("chromium at {} did not start: {e}", binary.display()),
-    };
-    let mut cdp = match Cdp::connect(&browser.ws_url) {
-        Ok(c) => c,
-        Err(e) => panic!("DevTools connection: {e}"),
-    };
-    if let Err(e) = cdp.open_page() {
-        panic!("opening a page: {e}");
-    }
-    let mut page = Page {
-        cdp,
-        base: relay.url(""),
-    };
-    if let Err(e) = page.cdp.call(
-        "Emulation.setDeviceMetricsOverride",
-        json!({"width": 1280, "height": 1000, "deviceScaleFactor": 1, "mobile": false}),
-    ) {
-        panic!("viewport: {e}");
+    // 0. A browser at / gets the landing page, which leads to /admin.
+    page.goto("/");
+    page.wait(
+        "the landing page",
+        "document.querySelector('a[href=\"/admin\"]') !== null",
+    );
+    page.axe("the landing page", &axe);
+    if shots() {
+        screenshot(&mut page, "docs/home.png", 1280);
     }
 
-    // 1. Sign in: a wrong key is refused on the page, the right one opens the panels.
+    // 1. Sign in: a wrong key is refused on the page, the right one opens the panels. A
+    // signed-out load logs no error (the session check answers 200 "signed out").
     page.goto("/admin");
     page.wait(
         "the sign-in form",
         "!document.getElementById('login').hidden",
     );
+    page.no_errors("a signed-out load of /admin");
+    page.axe("the sign-in page", &axe);
     page.type_into("login-key", "not-the-admin-key");
     page.click("#login-form button[type=submit]");
     page.wait(
@@ -472,6 +654,7 @@ fn owner_signs_in_creates_a_key_and_approves_a_pairing() {
         "document.getElementById('login-msg').classList.contains('err')",
     );
     assert!(!page.shown("app"), "a wrong key opened the admin panels");
+    page.cdp.errors.clear(); // the refused sign-in's 401, expected
     page.type_into("login-key", &admin_key);
     page.click("#login-form button[type=submit]");
     page.wait(
@@ -482,9 +665,10 @@ fn owner_signs_in_creates_a_key_and_approves_a_pairing() {
     let defaults = page.js("document.querySelectorAll('#key-scopes input:checked').length");
     assert_eq!(defaults, json!(17), "the read-only defaults start checked");
 
-    // 2. Create a key with two scopes; it is shown once, then never again.
+    // 2. Create a key with two scopes, expiring in 30 days; it is shown once, then never again.
     page.js("document.getElementById('key-create').open = true");
     page.type_into("key-name", "browser-test");
+    page.type_into("key-days", "30");
     page.click("#scopes-none");
     page.click("#key-scopes input[value='clients:read']");
     page.click("#key-scopes input[value='world:info']");
@@ -499,6 +683,23 @@ fn owner_signs_in_creates_a_key_and_approves_a_pairing() {
         "the key in the list",
         "document.getElementById('key-list').textContent.includes('browser-test') && \
          document.getElementById('key-list').textContent.includes('2 scopes')",
+    );
+    // 30 days read as 30, not 29; "created 0 s ago" keeps counting without a redraw.
+    let expiry = page.js("document.getElementById('key-list').textContent");
+    assert!(
+        expiry
+            .as_str()
+            .unwrap_or_default()
+            .contains("expires in 30 d"),
+        "{expiry}"
+    );
+    let first = page.js("document.querySelector('#key-list time[data-ms]').textContent");
+    page.wait(
+        "the key's relative time to move on",
+        &format!(
+            "document.querySelector('#key-list time[data-ms]').textContent !== {}",
+            first
+        ),
     );
     let listed = get(addr, "/clients", &[("x-api-key", key.as_str())]);
     assert!(
@@ -560,15 +761,20 @@ fn owner_signs_in_creates_a_key_and_approves_a_pairing() {
         .text_of("pi-system")
         .contains("Dungeons & Dragons Fifth Edition 4.3.1"));
     assert_eq!(page.text_of("pi-foundry"), "13.345");
+    page.axe("the pair page (pending)", &axe);
+    if shots() {
+        screenshot(&mut page, "docs/pair.png", 1280);
+    }
     page.click("#pair-approve");
     page.wait(
-        "the approval",
-        "document.getElementById('pair-status').textContent.startsWith('Approved')",
+        "the approval, at once",
+        "document.getElementById('pair-status').textContent.startsWith('Paired: return to Foundry')",
     );
     assert!(
         !page.shown("pair-actions"),
         "Approve/Deny stay after answering"
     );
+    page.axe("the pair page (approved)", &axe);
 
     // 5. The module's poll (every 3 s in the module; rate-limited per IP) turns `approved`.
     let status_path = format!("/auth/pair-request/{code}/status");
@@ -592,7 +798,14 @@ fn owner_signs_in_creates_a_key_and_approves_a_pairing() {
         .to_string();
     assert_eq!(pairing_code.len(), 6, "pairingCode: {status}");
 
-    // 6. The module spends the code, connects, and the admin page follows it live.
+    // 6. The module spends the code, connects, and the admin page follows it live. The page is
+    // open before the world exists, so its first world-connected names a world it has not
+    // listed yet.
+    page.goto("/admin");
+    page.wait(
+        "the live event view",
+        "document.getElementById('ev-status').textContent === 'live'",
+    );
     let paired = post_json(
         addr,
         "/auth/pair",
@@ -607,11 +820,6 @@ fn owner_signs_in_creates_a_key_and_approves_a_pairing() {
     let token = paired["token"].as_str().unwrap_or_default().to_string();
     assert!(!client_id.is_empty() && !token.is_empty(), "{paired}");
 
-    page.goto("/admin");
-    page.wait(
-        "the live event view",
-        "document.getElementById('ev-status').textContent === 'live'",
-    );
     let online = FakeWorld::online(addr, &client_id, &token);
     page.wait(
         "the world online in the worlds panel",
@@ -621,9 +829,12 @@ fn owner_signs_in_creates_a_key_and_approves_a_pairing() {
             js_str(&client_id)
         ),
     );
+    // (FakeWorld's hello says its title is "Test World & Co".)
     page.wait(
-        "the world-connected event",
-        "[...document.querySelectorAll('#ev-list .badge')].some(b => b.textContent === 'world-connected')",
+        "the world-connected event, named by the world's title",
+        "[...document.querySelectorAll('#ev-list li')].some(li => \
+           li.querySelector('.badge').textContent === 'world-connected' && \
+           li.querySelector('strong') && li.querySelector('strong').textContent === 'Test World & Co')",
     );
     page.wait(
         "the world's connection token",
@@ -631,6 +842,20 @@ fn owner_signs_in_creates_a_key_and_approves_a_pairing() {
             "document.getElementById('token-list').textContent.includes({})",
             js_str(&client_id)
         ),
+    );
+    // Issue 10: who is logged in (player-list) and the module's notices (module-notify).
+    page.wait(
+        "the world's players",
+        "document.getElementById('world-list').textContent.includes('players: Gamemaster (GM)')",
+    );
+    assert!(
+        online.send_json(&json!({"type": "module-notify", "event": "settings-change",
+        "details": "Setting `wsRelayUrl` was changed", "actor": "Gamemaster", "world": "W"}))
+    );
+    page.wait(
+        "the module-notify event",
+        "[...document.querySelectorAll('#ev-list li')].some(li => \
+         li.textContent.includes('module-notify') && li.textContent.includes('wsRelayUrl'))",
     );
 
     // The MCP panel: the endpoint and ready-to-paste client configurations for a pasted key.
@@ -652,8 +877,8 @@ fn owner_signs_in_creates_a_key_and_approves_a_pairing() {
     assert!(config.contains("\"type\": \"http\""), "{config}");
     page.js("document.getElementById('mcp-key').value = ''; true");
 
-    if std::env::var("FVTT_RELAY_SCREENSHOT").is_ok_and(|v| v == "1") {
-        // A second world waiting, and a fresh pairing code, so the picture shows every panel.
+    {
+        // A second world waiting, and a fresh pairing code, so every panel has data.
         let second = json!({"worldId": "second", "worldTitle": "Curse of Strahd",
             "systemId": "dnd5e", "systemTitle": "Dungeons & Dragons Fifth Edition",
             "systemVersion": "4.3.1", "foundryVersion": "13.345"});
@@ -671,8 +896,162 @@ fn owner_signs_in_creates_a_key_and_approves_a_pairing() {
             "a pairing code",
             "document.getElementById('code-value').textContent.length === 6",
         );
-        screenshot(&mut page, "docs/admin.png");
+        // A second world that connected and went away: its row says why it is offline.
+        let code = post_json(
+            addr,
+            "/admin/api/pairing-codes",
+            &[("x-api-key", admin_key.as_str())],
+            &json!({}),
+        );
+        let code = code.json()["code"].as_str().unwrap_or_default().to_string();
+        let paired = post_json(
+            addr,
+            "/auth/pair",
+            &[],
+            &json!({"code": code, "worldId": "lost-mine", "worldTitle": "Lost Mine"}),
+        );
+        expect_status(&paired, 200, "second POST /auth/pair");
+        let paired = paired.json();
+        let mut gone = FakeWorld::online(
+            addr,
+            paired["clientId"].as_str().unwrap_or_default(),
+            paired["token"].as_str().unwrap_or_default(),
+        );
+        page.wait(
+            "the second world online",
+            "document.querySelectorAll('#world-list .badge.ok').length === 2",
+        );
+        gone.stop();
+        page.wait(
+            "why the second world is offline",
+            "[...document.querySelectorAll('#world-list .why')].some(p => \
+               p.textContent.startsWith(\"The GM's browser closed the connection\"))",
+        );
+        page.js(
+            "document.querySelectorAll('#world-list details.history').forEach(d => d.open = true)",
+        );
+        // A chat message long enough that its opened JSON scrolls: a scrollable region
+        // keyboard users must be able to reach (axe scrollable-region-focusable).
+        let long: Vec<String> = (1..=60)
+            .map(|i| format!("line {i} of a long chat message"))
+            .collect();
+        let mut msg = chat_message("long-1", &long.join("\n"));
+        msg["flags"] = json!((1..=40)
+            .map(|i| (format!("flag{i}"), json!(i)))
+            .collect::<serde_json::Map<_, _>>());
+        assert!(online.emit_event("chat-event", json!({"eventType": "create", "data": msg})));
+        page.wait(
+            "the long chat event",
+            "document.querySelector('#ev-list li .badge') && \
+             document.querySelector('#ev-list li .badge').textContent === 'chat-create'",
+        );
+        let scrolls = page.js(
+            "(() => { const d = document.querySelector('#ev-list details'); d.open = true; \
+               const p = d.querySelector('pre'); return p.scrollHeight > p.clientHeight; })()",
+        );
+        assert_eq!(scrolls, json!(true), "the opened event does not scroll");
+        page.axe("the admin page (light)", &axe);
+        if shots() {
+            screenshot(&mut page, "docs/admin.png", 1280);
+        }
+        page.color_scheme("dark");
+        page.axe("the admin page (dark)", &axe);
+        if shots() {
+            screenshot(&mut page, "docs/admin-dark.png", 1280);
+        }
+        page.color_scheme("light");
+        // The nav lists the panels in the order the page shows them.
+        let order = page.js(
+            "[...document.querySelectorAll('#nav a')].map(a => a.getAttribute('href').slice(1)).join() === \
+             [...document.querySelectorAll('#app > section')].map(s => s.id).join()",
+        );
+        assert_eq!(order, json!(true), "nav order differs from the page order");
+        page.viewport(390, 844, true);
+        // Every nav link is visible on a phone, none clipped.
+        let clipped = page.js(
+            "[...document.querySelectorAll('#nav a')].filter(a => { const r = a.getBoundingClientRect(); \
+               return r.width === 0 || r.left < 0 || r.right > window.innerWidth; }).map(a => a.textContent)",
+        );
+        assert_eq!(clipped, json!([]), "nav links clipped on a phone");
+        if shots() {
+            screenshot(&mut page, "docs/admin-phone.png", 390);
+        }
+        page.viewport(1280, 1000, false);
+        page.no_errors("the admin page with every panel");
     }
+
+    // The relay unreachable: one notice across the whole grid, in words, gone when it is back.
+    if let Err(e) = page.cdp.call(
+        "Network.emulateNetworkConditions",
+        json!({"offline": true, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1}),
+    ) {
+        panic!("offline: {e}");
+    }
+    page.wait(
+        "the unreachable notice",
+        "document.getElementById('notice').textContent === \
+           'Pair requests could not be loaded: The relay cannot be reached.'",
+    );
+    let spans = page.js(
+        "Math.abs(document.getElementById('notice').getBoundingClientRect().width - \
+           document.getElementById('app').getBoundingClientRect().width) < 2",
+    );
+    assert_eq!(spans, json!(true), "the notice does not span the grid");
+    if let Err(e) = page.cdp.call(
+        "Network.emulateNetworkConditions",
+        json!({"offline": false, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1}),
+    ) {
+        panic!("online: {e}");
+    }
+    page.wait(
+        "the notice gone",
+        "document.getElementById('notice').textContent === ''",
+    );
+    page.cdp.errors.clear(); // the failed loads while offline
+
+    // Issue 10: the module's Upgrade button asks for cross-world permission; the pair page
+    // shows exactly what approving grants, refuses an approval that grants nothing, and
+    // stores what the owner chose.
+    let up = post_json(
+        addr,
+        "/auth/pair-request",
+        &[],
+        &json!({"clientId": client_id, "worldId": "browser-world", "worldTitle": "Browser World",
+                "upgradeOnly": true}),
+    );
+    expect_status(&up, 201, "upgrade request");
+    let up_code = up.json()["code"].as_str().unwrap_or_default().to_string();
+    page.goto(&format!("/pair/{up_code}"));
+    page.wait(
+        "the grant fields",
+        "!document.getElementById('pair-grant').hidden && document.getElementById('pg-targets') !== null",
+    );
+    page.click("#pair-approve");
+    page.wait(
+        "the refusal of an empty grant",
+        "document.getElementById('pair-status').textContent.includes('grants nothing')",
+    );
+    page.type_into("pg-targets", "*");
+    page.type_into("pg-scopes", "roll:execute, entity:read");
+    page.click("#pair-approve");
+    page.wait(
+        "the approval",
+        "document.getElementById('pair-status').textContent.startsWith('Approved')",
+    );
+    let worlds = get(
+        addr,
+        "/admin/api/worlds",
+        &[("x-api-key", admin_key.as_str())],
+    )
+    .json();
+    let w = &worlds["worlds"][0];
+    assert_eq!(w["allowedTargets"], json!(["*"]), "{worlds}");
+    assert_eq!(w["remoteScopes"], json!(["roll:execute", "entity:read"]));
+    page.goto("/admin");
+    page.wait(
+        "the grant in the worlds panel",
+        "document.getElementById('world-list').textContent.includes('cross-world: to every other world')",
+    );
 
     // 7. Unpair from the UI (its confirm() is accepted): the world and its token go away.
     page.click("#world-list button.danger");
@@ -688,11 +1067,12 @@ fn owner_signs_in_creates_a_key_and_approves_a_pairing() {
     drop(browser);
 }
 
-/// Saves a full-page PNG of the current page under the crate root.
-fn screenshot(page: &mut Page, rel: &str) {
+/// Saves a full-page PNG of the current page under the crate root, `width` pixels wide.
+fn screenshot(page: &mut Page, rel: &str, width: u32) {
     let height = page.js("Math.ceil(document.documentElement.scrollHeight)");
     let height = height.as_u64().unwrap_or(1000).clamp(600, 4000);
-    let metrics = json!({"width": 1280, "height": height, "deviceScaleFactor": 1, "mobile": false});
+    let metrics =
+        json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600});
     if let Err(e) = page.cdp.call("Emulation.setDeviceMetricsOverride", metrics) {
         panic!("viewport for the screenshot: {e}");
     }
@@ -712,4 +1092,314 @@ fn screenshot(page: &mut Page, rel: &str) {
         panic!("cannot write {}: {e}", path.display());
     }
     println!("admin_browser: wrote {}", path.display());
+}
+
+impl Page {
+    fn wait_up_to(&mut self, what: &str, expr: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.eval(expr) {
+                Ok(v) if truthy(&v) => return v,
+                _ if Instant::now() < deadline => thread::sleep(millis(200)),
+                other => panic!(
+                    "timed out waiting for {what} ({expr}): {other:?}\npage: {}",
+                    self.text()
+                ),
+            }
+        }
+    }
+
+    /// A browser-level CDP call (no page session), e.g. permissions.
+    fn browser_call(&mut self, method: &str, params: Value) -> Result<Value, String> {
+        let session = self.cdp.session.take();
+        let r = self.cdp.call(method, params);
+        self.cdp.session = session;
+        r
+    }
+}
+
+/// The keyboard alone, on a phone-sized page: sign in, create a key, copy it, done. The new
+/// key shows whole (wrapped), and every step is reached with Tab.
+#[test]
+fn keyboard_only_sign_in_create_copy_done_on_a_phone() {
+    let relay = Relay::start(&[]);
+    let admin_key = admin_key_of(&relay);
+    let Some((browser, mut page, axe)) = browser_page("admin_browser keyboard", &relay) else {
+        return;
+    };
+    // 127.0.0.1 is a secure context: with the permission the Clipboard API copies for real.
+    let origin = relay.url("");
+    let origin = origin.trim_end_matches('/');
+    if let Err(e) = page.browser_call(
+        "Browser.grantPermissions",
+        json!({"origin": origin, "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]}),
+    ) {
+        panic!("clipboard permission: {e}");
+    }
+    page.viewport(390, 844, true);
+    page.goto("/admin");
+    page.wait(
+        "the sign-in form",
+        "!document.getElementById('login').hidden",
+    );
+    if shots() {
+        screenshot(&mut page, "docs/signin-phone.png", 390);
+    }
+    page.js("document.activeElement && document.activeElement.blur(), true");
+    page.tab_to("#login-key", 10);
+    if let Err(e) = page
+        .cdp
+        .call("Input.insertText", json!({"text": admin_key}))
+    {
+        panic!("typing the key: {e}");
+    }
+    page.press("Enter");
+    page.wait(
+        "the panels, signed in by keyboard",
+        "!document.getElementById('app').hidden && \
+         document.querySelectorAll('#key-scopes input').length === 32",
+    );
+    page.tab_to("#key-create > summary", 80);
+    page.press("Enter");
+    assert_eq!(
+        page.js("document.getElementById('key-create').open"),
+        json!(true),
+        "Enter on 'Create a key' does not open it"
+    );
+    page.tab_to("#key-name", 3);
+    if let Err(e) = page
+        .cdp
+        .call("Input.insertText", json!({"text": "keyboard-key"}))
+    {
+        panic!("typing the name: {e}");
+    }
+    page.press("Enter");
+    let key = page.wait(
+        "the new key",
+        "!document.getElementById('new-key').hidden && document.getElementById('new-key-value').value",
+    );
+    let key = key.as_str().unwrap_or_default().to_string();
+    assert_eq!(key.len(), 64, "{key:?}");
+    // Whole and wrapped: nothing scrolled out of the box, horizontally or vertically.
+    let whole = page.js(
+        "(() => { const t = document.getElementById('new-key-value'); \
+           return t.scrollWidth <= t.clientWidth && t.scrollHeight <= t.clientHeight + 1; })()",
+    );
+    assert_eq!(whole, json!(true), "the new key is cut off on a phone");
+    page.axe("the admin page with a new key (phone)", &axe);
+    if shots() {
+        screenshot(&mut page, "docs/admin-newkey-phone.png", 390);
+        page.viewport(390, 844, true);
+    }
+    page.tab_to("#new-key-copy", 3);
+    page.press("Enter");
+    page.wait(
+        "the copy confirmed",
+        "document.getElementById('new-key-copy').textContent === 'Copied'",
+    );
+    let copied = page.js("navigator.clipboard.readText()");
+    assert_eq!(copied, json!(key), "the clipboard does not hold the key");
+    page.tab_to("#new-key-done", 3);
+    page.press("Enter");
+    assert!(
+        !page.shown("new-key"),
+        "Done by keyboard does not hide the key"
+    );
+    page.no_errors("the keyboard walk");
+    drop(browser);
+}
+
+/// The pair page in each state: unknown code (only the error), denied, expired (buttons
+/// disabled, "expired" said), each with 0 axe violations.
+#[test]
+fn pair_page_states() {
+    let relay = Relay::start(&["--pair-request-ttl", "12s"]);
+    let addr = relay.addr();
+    let admin_key = admin_key_of(&relay);
+    let Some((browser, mut page, axe)) = browser_page("admin_browser pair", &relay) else {
+        return;
+    };
+    page.viewport(390, 844, true);
+    page.goto("/pair/ZZZZZZZZ");
+    sign_in(&mut page, &admin_key);
+    page.wait(
+        "the unknown-code error",
+        "document.getElementById('pair-status').textContent.includes('no pending request')",
+    );
+    for id in ["pair-intro", "pair-info", "pair-actions"] {
+        assert!(!page.shown(id), "#{id} shown for an unknown code");
+    }
+    page.cdp.errors.clear(); // the unknown code's 404, expected
+    page.axe("the pair page (unknown code)", &axe);
+
+    let ask = |title: &str| {
+        let r = post_json(
+            addr,
+            "/auth/pair-request",
+            &[],
+            &json!({"worldId": title.to_lowercase(), "worldTitle": title,
+                    "systemId": "pf2e", "systemTitle": "Pathfinder Second Edition",
+                    "systemVersion": "6.0.0", "foundryVersion": "13.345"}),
+        );
+        expect_status(&r, 201, "POST /auth/pair-request");
+        r.json()["code"].as_str().unwrap_or_default().to_string()
+    };
+    let to_deny = ask("Denied World");
+    let to_expire = ask("Expiring World");
+
+    page.goto(&format!("/pair/{to_deny}"));
+    page.wait(
+        "the request",
+        "!document.getElementById('pair-actions').hidden",
+    );
+    page.click("#pair-deny");
+    page.wait(
+        "the denial",
+        "document.getElementById('pair-status').textContent.startsWith('Denied')",
+    );
+    page.axe("the pair page (denied)", &axe);
+
+    page.goto(&format!("/pair/{to_expire}"));
+    page.wait(
+        "the request",
+        "!document.getElementById('pair-actions').hidden && \
+         document.getElementById('pi-expires').textContent.startsWith('in ')",
+    );
+    if shots() {
+        screenshot(&mut page, "docs/pair-phone.png", 390);
+        page.viewport(390, 844, true);
+    }
+    // At zero, by the page's own countdown or the relay's answer, whichever comes first.
+    page.wait_up_to(
+        "the countdown at zero",
+        "document.getElementById('pi-expires').textContent === 'expired' && \
+         document.getElementById('pair-status').textContent.includes('expired')",
+        secs(30),
+    );
+    let dead = page.js(
+        "document.getElementById('pair-approve').disabled && document.getElementById('pair-deny').disabled",
+    );
+    assert_eq!(dead, json!(true), "Approve/Deny still active at 0");
+    assert!(
+        page.text_of("pair-status").contains("expired"),
+        "{}",
+        page.text_of("pair-status")
+    );
+    page.axe("the pair page (expired)", &axe);
+    if shots() {
+        screenshot(&mut page, "docs/pair-expired-phone.png", 390);
+    }
+    page.no_errors("the pair page states");
+    drop(browser);
+}
+
+/// A reverse proxy that rewrites `Host` (a common nginx mistake): the admin page's live view
+/// is then cross-origin to the relay and refused. The page must say why, and the relay must
+/// log the refused origin (issue 10). The proxy rewrites the first request head of each
+/// connection, which is the upgrade for a WebSocket.
+fn host_rewriting_proxy(relay: std::net::SocketAddr) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("proxy bind");
+    let addr = listener.local_addr().expect("proxy addr");
+    thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let Ok(mut upstream) = TcpStream::connect(relay) else {
+                    return;
+                };
+                let mut reader = BufReader::new(match client.try_clone() {
+                    Ok(c) => c,
+                    Err(_) => return,
+                });
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    match reader.read_line(&mut line) {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                    let end = line == "\r\n";
+                    if line.to_ascii_lowercase().starts_with("host:") {
+                        line = "Host: relay.internal:3010\r\n".into();
+                    }
+                    head.push_str(&line);
+                    if end {
+                        break;
+                    }
+                }
+                use std::io::Write;
+                if upstream.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                let buffered = reader.buffer().to_vec();
+                if upstream.write_all(&buffered).is_err() {
+                    return;
+                }
+                let (Ok(mut up_r), Ok(mut down_w)) = (upstream.try_clone(), client.try_clone())
+                else {
+                    return;
+                };
+                let mut client_r = client;
+                let t = thread::spawn(move || {
+                    let _ = std::io::copy(&mut up_r, &mut down_w);
+                    let _ = down_w.shutdown(std::net::Shutdown::Both);
+                });
+                let _ = std::io::copy(&mut client_r, &mut upstream);
+                let _ = upstream.shutdown(std::net::Shutdown::Write);
+                let _ = t.join();
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn the_live_view_says_why_it_cannot_connect() {
+    let binary = match browser_or_install() {
+        Ok(b) => b,
+        Err(reason) => {
+            println!("admin_browser: SKIPPED (chromium unavailable: {reason})");
+            return;
+        }
+    };
+    let relay = Relay::start(&[]);
+    let key_file = relay.data_dir().join("admin.key");
+    let mut admin_key = String::new();
+    assert!(wait_for(secs(5), || {
+        admin_key = std::fs::read_to_string(&key_file)
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        !admin_key.is_empty()
+    }));
+    let proxy = host_rewriting_proxy(relay.addr());
+    let browser = Browser::launch(&binary).unwrap_or_else(|e| panic!("chromium: {e}"));
+    let mut cdp = Cdp::connect(&browser.ws_url).unwrap_or_else(|e| panic!("DevTools: {e}"));
+    cdp.open_page().unwrap_or_else(|e| panic!("page: {e}"));
+    let mut page = Page {
+        cdp,
+        base: format!("http://{proxy}"),
+    };
+    page.goto("/admin");
+    page.wait(
+        "the sign-in form",
+        "!document.getElementById('login').hidden",
+    );
+    page.type_into("login-key", &admin_key);
+    page.click("#login-form button[type=submit]");
+    page.wait(
+        "the live view refused, with the reason",
+        "document.getElementById('ev-status').textContent === 'cannot connect' && \
+         !document.getElementById('ev-why').hidden && \
+         document.getElementById('ev-why').textContent.includes('--allowed-ws-origins')",
+    );
+    let why = page.text_of("ev-why");
+    assert!(why.contains(&format!("http://{proxy}")), "{why}");
+    assert!(
+        wait_for(secs(5), || relay
+            .logs()
+            .contains(&format!("origin \"http://{proxy}\""))),
+        "the refusal was not logged: {}",
+        relay.logs()
+    );
+    drop(browser);
 }

@@ -119,6 +119,31 @@ fn stopped_mode_edits_the_state_file() {
     let client_id = r.json()["clientId"].as_str().unwrap().to_string();
     let worlds = ok(d, &["worlds", "--json"]);
     assert!(worlds.contains(&client_id));
+    // Cross-world permission on the stopped relay's state file.
+    let g = ok(
+        d,
+        &[
+            "worlds",
+            "grant",
+            &client_id,
+            "--targets",
+            "*",
+            "--scopes",
+            "roll:execute",
+        ],
+    );
+    assert_eq!(
+        g.trim(),
+        format!("{client_id}: targets *; scopes roll:execute")
+    );
+    let g = ok(d, &["worlds", "grant", &client_id, "--targets", ""]);
+    assert_eq!(
+        g.trim(),
+        format!("{client_id}: targets none; scopes roll:execute")
+    );
+    let bad = cli(d, &["worlds", "grant", &client_id, "--targets", &client_id]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("its own"));
     ok(d, &["unpair", &client_id]);
     assert!(!ok(d, &["worlds"]).contains(&client_id));
 }
@@ -162,7 +187,7 @@ fn running_mode_goes_through_the_admin_api() {
         addr,
         "/auth/pair",
         &[],
-        &json!({"code": code, "worldId": "w"}),
+        &json!({"code": code, "worldId": "w", "serverOrigin": "https://foundry.example"}),
     );
     assert_eq!(r.status, 200, "{r:?}");
     let client_id = r.json()["clientId"].as_str().unwrap().to_string();
@@ -170,8 +195,31 @@ fn running_mode_goes_through_the_admin_api() {
     let world = FakeWorld::online(addr, &client_id, &token);
     let worlds = ok(d, &["worlds"]);
     assert!(
-        worlds.contains(&client_id) && worlds.contains("yes"),
+        worlds.contains(&client_id)
+            && worlds.contains("yes")
+            && worlds.contains("https://foundry.example"),
         "{worlds}"
+    );
+    // Cross-world permission through the running relay's admin API.
+    let g = ok(
+        d,
+        &[
+            "worlds",
+            "grant",
+            &client_id,
+            "--targets",
+            "*",
+            "--scopes",
+            "roll:execute",
+            "--json",
+        ],
+    );
+    let g: Value = serde_json::from_str(&g).expect("json");
+    assert_eq!(g["allowedTargets"], json!(["*"]));
+    let admin_worlds = get(addr, "/admin/api/worlds", &[("x-api-key", &admin)]).json();
+    assert_eq!(
+        admin_worlds["worlds"][0]["remoteScopes"],
+        json!(["roll:execute"])
     );
     ok(d, &["unpair", &client_id]);
     assert_eq!(world.wait_close(1, secs(5)).map(|c| c.0), Some(4002));

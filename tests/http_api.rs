@@ -720,9 +720,13 @@ fn client_resolution_rules() {
     // Nobody connected.
     let r = get(addr, "/search?query=a", &h);
     assert_eq!(r.status, 404, "{r:?}");
+    // The reference's message first (clients match on it), then why, also as `reason`.
+    let v = r.json();
+    let reason = v["reason"].as_str().unwrap_or_default().to_string();
+    assert!(!reason.is_empty(), "{v}");
     assert_eq!(
-        r.json(),
-        json!({"error": "No connected Foundry clients found"})
+        v["error"],
+        json!(format!("No connected Foundry clients found. {reason}"))
     );
 
     let w1 = p.world();
@@ -1076,4 +1080,68 @@ fn owner_routes_in_openapi_are_served() {
         }
     }
     assert!(checked >= 20, "{checked}");
+}
+
+/// Issue 10, found by a contract fuzzer: a non-string `error` is 200 (relay-protocol.md
+/// §2.4), wrong methods are 405 with `Allow`, an unknown clientId is 404 before parameter
+/// checks, malformed percent-encoding is 400, and `/clients` omits empty strings.
+#[test]
+fn contract_fuzzer_edge_cases() {
+    let p = start_provisioned(&[]);
+    let world = p.world();
+    let addr = p.relay.addr();
+    let h = [("x-api-key", p.keys.api_key.as_str())];
+    for (error, status) in [
+        (json!(false), 200),
+        (json!(0), 200),
+        (json!({"code": 1}), 200),
+        (json!(null), 200),
+        (json!(""), 400),
+        (json!("Entity not found"), 400),
+    ] {
+        world.set_reply("entity", Some(json!({"success": false, "error": error})));
+        let r = get(addr, "/get?uuid=Actor.x", &h);
+        assert_eq!(r.status, status, "error {error}: {r:?}");
+    }
+    for (method, path, allow) in [
+        ("POST", "/openapi.json", "GET, HEAD"),
+        ("DELETE", "/api/status", "GET, HEAD"),
+        ("PUT", "/metrics", "GET, HEAD"),
+        ("TRACE", "/admin/api/login", "POST"),
+        ("GET", "/admin/api/login", "POST"),
+        ("TRACE", "/admin/api/worlds", "GET, HEAD"),
+        ("POST", "/admin/api/tokens/tok_x", "PATCH, DELETE"),
+    ] {
+        let r = request(addr, method, path, &[], None);
+        assert_eq!(r.status, 405, "{method} {path}: {r:?}");
+        assert_eq!(r.header("allow"), Some(allow), "{method} {path}");
+    }
+    let r = get(addr, "/search?clientId=bogus", &h);
+    assert_eq!(r.status, 404, "{r:?}");
+    assert_eq!(r.json()["error"], "Invalid client ID");
+    let r = get(addr, "/search?clientId=bogus&query=x", &h);
+    assert_eq!(r.status, 404, "{r:?}");
+    let r = get(addr, &format!("/search?clientId={}", p.keys.client_id), &h);
+    assert_eq!(r.status, 400, "a known world still needs `query`: {r:?}");
+    for (method, path) in [
+        ("DELETE", "/chat/%ZZ"),
+        ("GET", "/get?uuid=%FF%FE"),
+        ("GET", "/get?uuid=Actor.%G1"),
+    ] {
+        let r = request(addr, method, path, &h, None);
+        assert_eq!(r.status, 400, "{method} {path}: {r:?}");
+        let e = r.json()["error"].as_str().unwrap_or("").to_owned();
+        assert!(e.contains("percent-encoding"), "{method} {path}: {e}");
+    }
+    assert!(
+        world.messages_of("chat-delete").is_empty(),
+        "a malformed target was forwarded"
+    );
+    let c = get(addr, "/clients", &h).json();
+    let entry = &c["clients"][0];
+    assert_eq!(entry["clientId"], p.keys.client_id.as_str());
+    assert!(entry.get("customName").is_none(), "{entry}");
+    for (k, v) in entry.as_object().into_iter().flatten() {
+        assert_ne!(v, &json!(""), "{k} is an empty string");
+    }
 }

@@ -429,3 +429,72 @@ fn rate_limits_answer_429_with_retry_after() {
     assert!(r.header("retry-after").is_some());
     assert_eq!(r.header("access-control-allow-origin"), Some("*"));
 }
+
+/// A world copied to a second Foundry server: same worldId, fingerprint and
+/// existingClientId, another `serverOrigin`. It gets its own clientId, so both servers stay
+/// online side by side; re-pairing from the original origin keeps the original id
+/// (relay-protocol.md §5.6). The origin shows in `/clients` and the admin API.
+#[test]
+fn a_copied_world_on_another_server_gets_its_own_client_id() {
+    let dir = TempDir::new("copy");
+    let relay = Relay::start_in(dir.path(), &[]);
+    let addr = relay.addr();
+    let admin = admin_key(dir.path());
+    let body = |code: &str, existing: &str, origin: &str| {
+        json!({"code": code, "worldId": "campaign", "worldTitle": "Campaign",
+               "serverFingerprint": "fp-1", "existingClientId": existing, "serverOrigin": origin})
+    };
+    let pair_as = |existing: &str, origin: &str| {
+        let code = new_code(addr, &admin);
+        let r = post_json(addr, "/auth/pair", &[], &body(&code, existing, origin));
+        assert_eq!(r.status, 200, "{r:?}");
+        let v = r.json();
+        (
+            v["clientId"].as_str().unwrap_or("").to_owned(),
+            v["token"].as_str().unwrap_or("").to_owned(),
+        )
+    };
+    let (original, token) = pair_as("", "https://foundry.example");
+    let (copy, copy_token) = pair_as(&original, "http://192.168.1.20:30000/");
+    assert_ne!(copy, original, "the copy took the original's clientId");
+    let (again, _) = pair_as(&original, "HTTPS://foundry.example/");
+    assert_eq!(again, original, "the original server keeps its clientId");
+
+    // Both servers online at once: neither is told 4004.
+    let mut cfg = WorldConfig::new(&original, &token);
+    cfg.world_id = "campaign".into();
+    let a = FakeWorld::start(addr, cfg);
+    let mut cfg = WorldConfig::new(&copy, &copy_token);
+    cfg.world_id = "campaign".into();
+    let b = FakeWorld::start(addr, cfg);
+    assert!(a.wait_connected(secs(5)) && b.wait_connected(secs(5)));
+    assert!(a.closes().is_empty() && b.closes().is_empty());
+
+    let key = create_key(
+        addr,
+        &admin,
+        json!({"name": "c", "scopes": ["clients:read"]}),
+    );
+    let clients = get(addr, "/clients", &[("x-api-key", &key)]).json();
+    let origin_of = |list: &Value, id: &str| {
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["clientId"] == id)
+            .map(|c| c["serverOrigin"].clone())
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(
+        origin_of(&clients["clients"], &original),
+        "https://foundry.example"
+    );
+    assert_eq!(
+        origin_of(&clients["clients"], &copy),
+        "http://192.168.1.20:30000"
+    );
+    let worlds = get(addr, "/admin/api/worlds", &[("x-api-key", &admin)]).json();
+    assert_eq!(
+        origin_of(&worlds["worlds"], &copy),
+        "http://192.168.1.20:30000"
+    );
+}

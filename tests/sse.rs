@@ -322,6 +322,8 @@ fn ten_streams_per_world_and_channel() {
     let e = over.next_event(secs(5)).expect("error frame");
     assert_eq!(e.event, "error");
     assert_eq!(e.json(), json!({"error": "Too many SSE connections"}));
+    // A long retry before the error, so a browser's EventSource backs off (--sse-refused-retry).
+    assert_eq!(over.retry(), Some(60_000));
     assert!(over.wait_ended(secs(5)));
     // Other channels are separate, and a slot frees when a stream leaves.
     let mut other = env.sse("/actor/subscribe", "");
@@ -388,4 +390,49 @@ fn keepalive_comments() {
         c.comment_texts().first().map(String::as_str),
         Some("keepalive")
     );
+}
+
+/// Six EventSources from one browser origin use up its connections to the host; the seventh
+/// stream of one key from one origin logs a hint that points at /ws/events.
+#[test]
+fn a_seventh_stream_from_one_browser_origin_logs_a_hint() {
+    let env = start_provisioned_with(&[], &[]);
+    let _w = env.world();
+    let origin = [("Origin", "http://app.example")];
+    let routes = [
+        "/rolls/subscribe",
+        "/chat/subscribe",
+        "/scene/subscribe",
+        "/actor/subscribe",
+        "/rolls/subscribe",
+        "/chat/subscribe",
+    ];
+    let mut open: Vec<SseClient> = routes
+        .iter()
+        .map(|r| env.sse_with(r, "", &origin))
+        .collect();
+    // Another origin, and a stream without one, count apart.
+    open.push(env.sse_with(
+        "/scene/subscribe",
+        "",
+        &[("Origin", "http://other.example")],
+    ));
+    open.push(env.sse("/scene/subscribe", ""));
+    for c in &mut open {
+        connected(c);
+    }
+    assert!(
+        !env.relay.logs().contains("SSE streams for"),
+        "a hint before the seventh stream:\n{}",
+        env.relay.logs()
+    );
+    let mut seventh = env.sse_with("/actor/subscribe", "", &origin);
+    connected(&mut seventh);
+    let mut logs = String::new();
+    let hinted = wait_for(secs(5), || {
+        logs = env.relay.logs();
+        logs.contains("7 SSE streams for") && logs.contains("from http://app.example")
+    });
+    assert!(hinted, "no hint in the log:\n{logs}");
+    assert!(logs.contains("/ws/events"), "{logs}");
 }

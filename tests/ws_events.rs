@@ -168,6 +168,31 @@ fn origin_allow_list() {
         ("https://b.example", true),
         ("https://c.example", false),
         ("http://app.example", false),
+        // The list adds to same-origin, never replaces it (the admin page's live view).
+        (&format!("http://{addr}")[..], true),
+    ] {
+        let r = ws_connect(
+            addr,
+            "/ws/events",
+            &[("x-api-key", &key), ("Origin", origin)],
+        );
+        assert_eq!(r.is_ok(), allowed, "{origin}");
+    }
+    // A refusal is logged at info with its origin.
+    assert!(
+        wait_for(secs(5), || env.relay.logs().contains("https://c.example")),
+        "refused origin not logged: {}",
+        env.relay.logs()
+    );
+
+    // --public-url's origin counts as the relay's own (a proxy may rewrite Host).
+    let env = start_provisioned_with(&["--public-url", "https://relay.example/base"], &[]);
+    let addr = env.relay.addr();
+    let key = env.key().to_string();
+    for (origin, allowed) in [
+        ("https://relay.example", true),
+        ("http://relay.example", false),
+        ("https://other.example", false),
     ] {
         let r = ws_connect(
             addr,
@@ -285,9 +310,14 @@ fn world_notices() {
 fn same_client_id_replaces_the_older_socket() {
     let env = start_provisioned_with(&[], &[]);
     let w = env.world();
-    let id = env.keys.client_id.clone();
-    let sub = json!({"type": "subscribe", "client_id": id, "events": ["hooks"]});
-    let (mut old, _) = env.subscribed("/ws/events", sub.clone());
+    // Exactly what the seed gateway clients send: client_id is the subscriber's own id.
+    let sub = json!({"type": "subscribe", "client_id": "python-example", "events": ["hooks"]});
+    let (mut old, snap) = env.subscribed("/ws/events", sub.clone());
+    assert_eq!(snap["client_id"], "python-example");
+    assert_eq!(
+        snap["state"]["worlds"][0]["clientId"],
+        env.keys.client_id.as_str()
+    );
     let (mut new, _) = env.subscribed("/ws/events", sub);
     assert_eq!(
         old.recv_close(secs(5)),
@@ -297,12 +327,17 @@ fn same_client_id_replaces_the_older_socket() {
     assert!(!w.subscription_log().contains(&("hooks".to_string(), 0)));
     assert!(w.emit_event("hook-event", hook_event("updateActor", json!([]))));
     assert!(new.recv_type("updateActor", secs(5)).is_some());
-    // The path form counts as the same client_id.
-    let (_, _) = env.subscribed(&env.path_world(), subscribe(json!(["hooks"])));
-    assert_eq!(
-        new.recv_close(secs(5)),
-        Some((4001, "Replaced by a newer connection".into()))
-    );
+    // Without a client_id one is generated, and nobody is replaced; the path still chooses
+    // the world, and so does `worlds`.
+    let (_, snap) = env.subscribed(&env.path_world(), subscribe(json!(["hooks"])));
+    assert!(snap["client_id"]
+        .as_str()
+        .is_some_and(|s| s.starts_with("events_")));
+    let pick = json!({"type": "subscribe", "worlds": [env.keys.client_id], "events": ["hooks"]});
+    let (_, snap) = env.subscribed("/ws/events", pick);
+    assert_eq!(snap["state"]["worlds"].as_array().map(Vec::len), Some(1));
+    new.send_json(&json!({"type": "ping"})).expect("ping");
+    assert!(new.recv_type("pong", secs(5)).is_some(), "replaced wrongly");
 }
 
 #[test]
@@ -373,4 +408,58 @@ fn slow_consumer_is_dropped_and_others_keep_receiving() {
     );
     // The world link was never held up: it still answers.
     assert!(w.wait_subscription("hooks", secs(5), |n| n == 1));
+}
+
+/// `module-notify` reaches `/ws/events` sockets that ask for it (and `all`), is counted in
+/// `/metrics`; `player-list` shows who is logged in on `/clients` and the admin API.
+#[test]
+fn module_notify_and_player_list() {
+    let env = start_provisioned_with(&[], &[]);
+    let w = env.world();
+    let addr = env.relay.addr();
+    let (mut notices, _) = env.subscribed("/ws/events", subscribe(json!(["module-notify"])));
+    let (mut all, _) = env.subscribed("/ws/events", subscribe(json!(["all"])));
+    let (mut hooks, _) = env.subscribed("/ws/events", subscribe(json!(["hooks"])));
+    let notice = json!({"type": "module-notify", "event": "settings-change",
+        "details": "Setting `wsRelayUrl` was changed", "actor": "Gamemaster",
+        "world": "Test World & Co"});
+    assert!(w.send_json(&notice));
+    for c in [&mut notices, &mut all] {
+        let got = c
+            .recv_type("module-notify", secs(5))
+            .expect("module-notify");
+        assert_eq!(got["clientId"], env.keys.client_id.as_str());
+        assert_eq!(got["data"]["details"], "Setting `wsRelayUrl` was changed");
+        assert_eq!(got["data"]["actor"], "Gamemaster");
+        assert!(got["timestamp"].as_u64().is_some());
+    }
+    hooks.send_json(&json!({"type": "ping"})).expect("ping");
+    let next = hooks.recv_json(secs(5)).unwrap_or(Value::Null);
+    assert_eq!(next["type"], "pong", "a hooks-only socket got {next}");
+    let m = get(
+        addr,
+        "/metrics",
+        &[("x-api-key", env.keys.admin_key.as_str())],
+    )
+    .text();
+    assert!(
+        m.lines().any(|l| l == "fvtt_relay_module_notices_total 1"),
+        "{m}"
+    );
+
+    // player-list (sent by the world right after auth-success).
+    let clients = get(addr, "/clients", &[("x-api-key", env.key())]).json();
+    let users = &clients["clients"][0]["users"];
+    assert_eq!(users[0]["name"], "Gamemaster", "{clients}");
+    assert_eq!(users[0]["active"], true);
+    let admin = [("x-api-key", env.keys.admin_key.as_str())];
+    let worlds = get(addr, "/admin/api/worlds", &admin).json();
+    assert_eq!(worlds["worlds"][0]["users"][1]["name"], "test", "{worlds}");
+    // A new list replaces the old.
+    assert!(w.send_json(&json!({"type": "player-list", "users": [
+        {"id": "u9", "name": "Newcomer", "role": 1, "active": true}]})));
+    assert!(wait_for(secs(5), || {
+        get(addr, "/clients", &[("x-api-key", env.key())]).json()["clients"][0]["users"][0]["name"]
+            == "Newcomer"
+    }));
 }

@@ -176,30 +176,75 @@ fn a_module_that_stops_answering_pings_is_dropped() {
     assert!(took >= millis(1000), "dropped too early: {took:?}");
 }
 
-#[test]
-fn a_reconnect_from_the_same_host_replaces_the_old_link() {
-    let p = start_provisioned(&[]);
-    let path = format!("/relay?{}", relay_query(&p.keys.client_id));
-    let mut old = raw_module(&p, &path);
-    let mut new = raw_module(&p, &path);
+/// Two GM tabs (module doubles) from one address, the module's 4004 poll shortened from
+/// 30 s to `poll`: the first keeps the slot, the second waits and is connected within one
+/// poll (plus slack) of the first leaving; nothing is ever closed with 1000.
+fn two_tabs(p: &ProvisionedRelay, leave: impl FnOnce(&mut FakeWorld)) {
+    let poll = millis(500);
+    let mut cfg = WorldConfig::new(&p.keys.client_id, &p.keys.token);
+    cfg.deferred_retry = poll;
+    let mut first = FakeWorld::start(p.relay.addr(), cfg.clone());
+    assert!(first.wait_connected(secs(5)), "first tab never connected");
+    let second = FakeWorld::start(p.relay.addr(), cfg);
     assert_eq!(
-        old.recv_close(secs(5)),
-        Some((1000, "Replaced by reconnect".into()))
+        second.wait_close(1, secs(5)),
+        Some((4004, "Client ID already connected".into()))
     );
-    assert_eq!(online_count(&p), 1);
-    // The new link serves requests.
-    let addr = p.relay.addr();
-    let key = p.keys.api_key.clone();
-    let caller =
-        std::thread::spawn(move || get(addr, "/search?query=dup", &[("x-api-key", key.as_str())]));
-    let req = new
-        .recv_type("search", secs(5))
-        .expect("request on the new link");
-    let reply = json!({"type": "search-result", "requestId": req["requestId"], "results": []});
-    new.send_json(&reply).expect("reply");
-    let r = caller.join().expect("caller");
-    assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.text(), reply.to_string());
+    // It keeps polling (every 500 ms) and keeps being told to wait while the first is
+    // alive, for longer than a ping interval plus the stale margin (so the first's pongs are
+    // what keep its slot).
+    assert!(
+        second.wait_attempts(10, secs(15)),
+        "the second tab stopped polling"
+    );
+    assert!(first.is_connected(), "the first tab lost its slot");
+    assert!(first.closes().is_empty(), "{:?}", first.closes());
+    assert_eq!(online_count(p), 1);
+    let t0 = Instant::now();
+    leave(&mut first);
+    assert!(
+        second.wait_connected(secs(15)),
+        "the second tab never took the slot: {:?}",
+        second.closes()
+    );
+    let took = t0.elapsed();
+    eprintln!("second tab connected {took:?} after the first left");
+    for (who, w) in [("first", &first), ("second", &second)] {
+        assert!(
+            w.closes().iter().all(|c| c.0 != 1000),
+            "{who} was closed with 1000: {:?}",
+            w.closes()
+        );
+    }
+    assert!(
+        second.closes().iter().all(|c| c.0 == 4004),
+        "{:?}",
+        second.closes()
+    );
+    assert_eq!(online_count(p), 1);
+}
+
+#[test]
+fn a_second_tab_from_the_same_address_waits_with_4004_and_takes_over_when_the_first_closes() {
+    let p = start_provisioned(&[]);
+    // The tab closes: the browser sends a close frame (1001 going away).
+    two_tabs(&p, FakeWorld::close_tab);
+}
+
+#[test]
+fn a_second_tab_takes_over_from_a_first_that_vanished_without_a_close() {
+    // The first tab's machine drops off the network: no close frame, no pongs. With pings
+    // every second and a 2 s margin (slack for a busy machine) it counts as stale 3 s after
+    // its last sign of life.
+    let p = start_provisioned(&[
+        "--module-ping-interval",
+        "1s",
+        "--module-stale-margin",
+        "2s",
+        "--module-idle-timeout",
+        "30s",
+    ]);
+    two_tabs(&p, |first| first.freeze());
 }
 
 #[test]

@@ -34,7 +34,10 @@ function setMsg(id, text, kind) {
   const m = $(id);
   if (!m) return;
   m.textContent = text || '';
-  m.className = 'msg' + (text && kind ? ' ' + kind : '');
+  // Only the kind changes: other classes (the notice's full-width placement) stay.
+  m.classList.add('msg');
+  m.classList.remove('err', 'ok');
+  if (text && kind) m.classList.add(kind);
 }
 function badge(text, kind) {
   return el('span', { class: 'badge ' + (kind || '') }, text);
@@ -44,24 +47,35 @@ function str(v) {
 }
 
 // -- Time
+// Rounded to the nearest unit: a key made to expire in 30 days reads "in 30 d", not "29 d".
 function span(s) {
   s = Math.max(0, Math.round(s));
   if (s < 60) return s + ' s';
-  if (s < 3600) return Math.floor(s / 60) + ' min';
-  if (s < 86400) return Math.floor(s / 3600) + ' h';
-  return Math.floor(s / 86400) + ' d';
+  if (s < 3570) return Math.round(s / 60) + ' min';
+  if (s < 84600) return Math.round(s / 3600) + ' h';
+  return Math.round(s / 86400) + ' d';
 }
 function clock(s) {
   s = Math.max(0, Math.ceil(s));
   return Math.floor(s / 60) + ':' + String(s % 60).padStart(2, '0');
 }
 // A <time> saying "3 min ago" / "in 2 h", the full date in its tooltip.
+// Panels redraw only when their data changes, so every such <time> carries its instant
+// (data-ms) and ageTimes() rewrites the words each second.
+function ago(ms) {
+  const s = (Date.now() - ms) / 1000;
+  return s >= 0 ? span(s) + ' ago' : 'in ' + span(-s);
+}
 function when(ms, never) {
   if (typeof ms !== 'number' || !ms) return never || 'never';
   const d = new Date(ms);
-  const s = (Date.now() - ms) / 1000;
-  const text = s >= 0 ? span(s) + ' ago' : 'in ' + span(-s);
-  return el('time', { datetime: d.toISOString(), title: d.toLocaleString() }, text);
+  return el('time', { datetime: d.toISOString(), title: d.toLocaleString(), 'data-ms': ms }, ago(ms));
+}
+function ageTimes() {
+  for (const t of document.querySelectorAll('time[data-ms]')) {
+    const text = ago(Number(t.dataset.ms));
+    if (t.textContent !== text) t.textContent = text;
+  }
 }
 function every(ms, fn) {
   timers.push(setInterval(() => { if (!document.hidden) fn(); }, ms));
@@ -158,10 +172,14 @@ async function boot() {
   $('logout').addEventListener('click', onLogout);
   try {
     const s = await api('GET', '/admin/api/session');
-    csrf = str(s.csrfToken);
-    enter();
+    if (s.signedIn) {
+      csrf = str(s.csrfToken);
+      enter();
+    } else {
+      showLogin(str(s.reason));
+    }
   } catch (e) {
-    showLogin(e.status === 401 ? '' : e.message);
+    showLogin(e.message);
   }
 }
 
@@ -173,14 +191,17 @@ async function load(name, path, render) {
   try {
     const data = await api('GET', path);
     const json = JSON.stringify(data);
+    // Reachable again: a failure notice about this panel goes.
+    if ($('notice').textContent.startsWith(PANEL[name] + ' ')) setMsg('notice', '');
     if (A.seen[name] === json) return; // unchanged: keep focus and open <details>
     A.seen[name] = json;
     A.data[name] = data;
     render(data);
   } catch (e) {
-    if (e.status !== 401) setMsg('notice', name + ': ' + e.message, 'err');
+    if (e.status !== 401) setMsg('notice', PANEL[name] + ' could not be loaded: ' + e.message, 'err');
   }
 }
+const PANEL = { worlds: 'Worlds', requests: 'Pair requests', keys: 'API keys', tokens: 'Connection tokens', scopes: 'Scopes' };
 const loadWorlds = () => load('worlds', '/admin/api/worlds', renderWorlds);
 const loadRequests = () => load('requests', '/admin/api/pair-requests', renderRequests);
 const loadKeys = () => load('keys', '/admin/api/keys', renderKeys);
@@ -212,6 +233,22 @@ function count(id, n) {
   $(id).textContent = n ? String(n) : '';
 }
 
+// -- Cross-world permissions (relay-protocol.md §5.8): targets (clientIds or *) and scopes.
+function csv(v) {
+  return Array.isArray(v) ? v.map(str).join(', ') : str(v);
+}
+// Two inputs (targets, scopes) that say exactly what they grant; `vals()` reads them.
+function grantFields(idp, targets, scopes) {
+  const t = el('input', { id: idp + '-targets', type: 'text', value: csv(targets), spellcheck: 'false',
+    placeholder: 'clientIds, comma-separated, or *' });
+  const s = el('input', { id: idp + '-scopes', type: 'text', value: csv(scopes), spellcheck: 'false',
+    placeholder: 'e.g. roll:execute, entity:read' });
+  const box = el('div', { class: 'grant' },
+    el('label', { for: idp + '-targets' }, 'May send requests to'), t,
+    el('label', { for: idp + '-scopes' }, 'With scopes'), s);
+  return { box, vals: () => ({ allowedTargets: t.value, remoteScopes: s.value }) };
+}
+
 function renderWorlds(d) {
   A.worlds = Array.isArray(d.worlds) ? d.worlds : [];
   count('world-count', A.worlds.length);
@@ -223,7 +260,11 @@ function renderWorlds(d) {
         el('div', { class: 'meta' }, system(w), ' · Foundry ', str(w.foundryVersion) || '?'),
         el('div', { class: 'meta' }, w.isOnline ? ['connected ', when(w.connectedSince)] : ['last seen ', when(w.lastSeen)],
           ' · paired ', when(w.pairedAt, 'unknown')),
-        el('div', { class: 'meta mono' }, str(w.clientId))),
+        Array.isArray(w.users) && w.users.length ? el('div', { class: 'meta' }, 'players: ',
+          w.users.map((u) => str(u.name) + (u.role >= 4 ? ' (GM)' : '') + (u.active ? ' ●' : '')).join(', ')) : null,
+        el('div', { class: 'meta mono' }, str(w.clientId), w.serverOrigin ? ' · ' + str(w.serverOrigin) : ''),
+        worldWhy(w),
+        crossWorld(w)),
       el('div', { class: 'actions' },
         el('button', { type: 'button', class: 'danger small', onclick: (ev) => {
           if (!confirm('Unpair "' + name + '"? Its connection tokens stop working and it disconnects.')) return;
@@ -231,9 +272,48 @@ function renderWorlds(d) {
         } }, 'Unpair')));
   }), 'No worlds yet: approve a pair request or use a pairing code.');
   renderKeyWorlds();
+  // Event rows named by clientId before the world was known get its name.
+  for (const b of document.querySelectorAll('#ev-list strong[data-client]')) {
+    const n = worldName(b.dataset.client);
+    if (n !== b.dataset.client) b.textContent = n;
+  }
   // Keys and tokens show world names: redraw them with the new ones.
   if (A.data.keys) renderKeys(A.data.keys);
   if (A.data.tokens) renderTokens(A.data.tokens);
+}
+
+// "Why is my world offline?": the last link event in words (and a refusal while online,
+// e.g. another browser holding the slot), then the world's recent link events.
+function worldWhy(w) {
+  const hist = Array.isArray(w.history) ? w.history : [];
+  const last = hist.length ? hist[hist.length - 1] : null;
+  let line = null;
+  if (last && last.kind !== 'connected' && (!w.isOnline || last.kind === 'refused')) {
+    line = [str(last.text), ' · ', when(last.at)];
+  } else if (!w.isOnline && w.offlineReason) {
+    line = str(w.offlineReason);
+  }
+  const notice = w.lastNotice && typeof w.lastNotice === 'object' && w.lastNotice.text
+    ? el('p', { class: 'meta' }, 'Module notice: ', str(w.lastNotice.text), ' · ', when(w.lastNotice.at)) : null;
+  return [
+    line ? el('p', { class: 'why' + (w.isOnline ? ' warn' : '') }, line) : null,
+    notice,
+    hist.length ? el('details', { class: 'meta history' },
+      el('summary', {}, 'Connection history (' + hist.length + ')'),
+      el('ul', {}, hist.slice().reverse().map((e) => el('li', {}, when(e.at), ': ', str(e.text))))) : null,
+  ];
+}
+
+function crossWorld(w) {
+  const t = Array.isArray(w.allowedTargets) ? w.allowedTargets : [];
+  const sc = Array.isArray(w.remoteScopes) ? w.remoteScopes : [];
+  const f = grantFields('cw-' + str(w.clientId), t, sc);
+  const summary = t.length && sc.length
+    ? 'cross-world: to ' + t.map((x) => x === '*' ? 'every other world' : worldName(str(x))).join(', ') + ' · ' + sc.map(str).join(', ')
+    : 'cross-world: not allowed';
+  return el('details', { class: 'meta' }, el('summary', {}, summary), f.box,
+    el('button', { type: 'button', class: 'small', onclick: (ev) =>
+      act(ev.currentTarget, 'PATCH', '/admin/api/worlds/' + enc(w.clientId), f.vals(), [loadWorlds]) }, 'Save'));
 }
 
 function renderRequests(d) {
@@ -243,6 +323,11 @@ function renderRequests(d) {
   fill($('req-list'), reqs.map((q) => {
     const code = str(q.code);
     const open = q.status === 'pending';
+    // An upgrade asks for cross-world permission: approving grants exactly these fields.
+    const cur = A.worlds.find((x) => x.clientId === q.clientId) || {};
+    const g = q.upgradeOnly && open ? grantFields('rq-' + code,
+      (q.requestedTargetClients || []).length ? q.requestedTargetClients : cur.allowedTargets || [],
+      (q.requestedRemoteScopes || []).length ? q.requestedRemoteScopes : cur.remoteScopes || []) : null;
     return el('li', { class: 'item' + (open ? ' attention' : '') },
       el('div', { class: 'grow' },
         el('div', { class: 'title' }, badge(str(q.status) || '?', open ? 'warn' : 'off'), ' ',
@@ -250,10 +335,11 @@ function renderRequests(d) {
           q.upgradeOnly ? [' ', badge('upgrade')] : null),
         el('div', { class: 'meta' }, system(q), ' · Foundry ', str(q.foundryVersion) || '?'),
         el('div', { class: 'meta' }, 'asked ', when(q.createdAt, '?'), ' · expires ', when(q.expiresAt, '?'),
-          ' · ', el('a', { href: '/pair/' + enc(code) }, 'open'))),
+          ' · ', el('a', { href: '/pair/' + enc(code) }, 'open')),
+        g ? g.box : null),
       open ? el('div', { class: 'actions' },
         el('button', { type: 'button', class: 'small', onclick: (ev) =>
-          act(ev.currentTarget, 'POST', '/admin/api/pair-requests/' + enc(code) + '/approve', {}, [loadRequests, loadWorlds, loadTokens]) }, 'Approve'),
+          act(ev.currentTarget, 'POST', '/admin/api/pair-requests/' + enc(code) + '/approve', g ? g.vals() : {}, [loadRequests, loadWorlds, loadTokens]) }, 'Approve'),
         el('button', { type: 'button', class: 'danger small', onclick: (ev) =>
           act(ev.currentTarget, 'POST', '/admin/api/pair-requests/' + enc(code) + '/deny', {}, [loadRequests]) }, 'Deny'))
         : null);
@@ -346,6 +432,7 @@ async function onCreateKey(ev) {
     $('new-key-name').textContent = str(r.name) || name;
     $('new-key-value').value = str(r.key);
     $('new-key').hidden = false;
+    fitKey();
     $('key-form').reset();
     if (A.scopes) setScopes((s) => A.scopes.def.includes(s));
     $('key-create').open = false;
@@ -374,6 +461,12 @@ async function onCopy() {
   }
   btn.textContent = ok ? 'Copied' : 'Press Ctrl+C';
   setTimeout(() => { btn.textContent = 'Copy'; }, 2500);
+}
+// The key is shown whole, wrapped: the box grows to its lines.
+function fitKey() {
+  const t = $('new-key-value');
+  t.style.height = 'auto';
+  t.style.height = t.scrollHeight + 2 + 'px';
 }
 function onKeyDone() {
   $('new-key-value').value = '';
@@ -420,7 +513,10 @@ function openEvents() {
   try { ws = new WebSocket(url); } catch (_) { evStatus('unavailable', 'bad'); return; }
   EV.ws = ws;
   evStatus('connecting', 'warn');
+  let opened = false;
   ws.onopen = () => {
+    opened = true;
+    $('ev-why').hidden = true;
     EV.retry = 0;
     ws.send(JSON.stringify({ type: 'subscribe', events: ['all'] }));
     evStatus('live', 'ok');
@@ -434,6 +530,16 @@ function openEvents() {
     if (EV.ws !== ws) return;
     EV.ws = null;
     evStatus(c.reason ? 'closed: ' + c.reason : 'reconnecting', 'off');
+    if (!opened) {
+      // The upgrade was refused (a browser is told nothing more): say what usually causes it.
+      evStatus('cannot connect', 'bad');
+      const why = $('ev-why');
+      why.textContent = 'The relay refused the live view\'s WebSocket. It accepts its own origin ' +
+        '(the Host this page was loaded from, and --public-url); a reverse proxy that rewrites ' +
+        'Host breaks that: pass Host through, set --public-url, or add ' + location.origin +
+        ' to --allowed-ws-origins (or sign in again if the session expired). The relay logs each refused origin. Retrying…';
+      why.hidden = false;
+    }
     if (!signedIn) return;
     // Back off 1, 2, 4 … 30 s; a 401 on the upgrade also lands here.
     EV.timer = setTimeout(openEvents, Math.min(30000, 1000 * 2 ** EV.retry++));
@@ -461,9 +567,16 @@ function onEvent(msg) {
     summary = w === null ? 'current state' : w + ' world' + (w === 1 ? '' : 's') + ' online';
   } else if (type === 'error') {
     summary = str(msg.error || msg.message);
+  } else if (type === 'module-notify' && data && typeof data === 'object') {
+    summary = str(data.details) + (data.actor ? ' (by ' + str(data.actor) + ')' : '');
   }
+  const cid = str(msg.clientId);
+  // A world's first world-connected comes before the worlds panel knows it: its title is
+  // in the event.
+  const title = data && typeof data === 'object' ? str(data.customName || data.worldTitle) : '';
+  const known = cid && worldName(cid) !== cid;
   const row = { type, ts: typeof msg.timestamp === 'number' ? msg.timestamp : Date.now(),
-    who: msg.clientId ? worldName(str(msg.clientId)) : '', summary, data };
+    cid, who: cid ? (known ? worldName(cid) : title || cid) : '', summary, data };
   if (EV.paused) {
     EV.held.push(row);
     if (EV.held.length > EV.max) EV.held.shift();
@@ -483,9 +596,11 @@ function addEvent(row) {
       el('summary', {},
         el('time', { datetime: t.toISOString() }, t.toLocaleTimeString()), ' ',
         el('span', { class: 'badge' + kind }, row.type), ' ',
-        row.who ? el('strong', {}, row.who) : null, ' ',
+        row.who ? el('strong', { 'data-client': row.cid }, row.who) : null, ' ',
         el('span', { class: 'mono muted' }, brief)),
-      json ? el('pre', {}, JSON.stringify(row.data, null, 2)) : null));
+      // tabindex: a scrollable region keyboard users can reach and scroll (axe
+      // scrollable-region-focusable).
+      json ? el('pre', { tabindex: 0, 'aria-label': row.type + ' event data' }, JSON.stringify(row.data, null, 2)) : null));
   const list = $('ev-list');
   list.prepend(li);
   while (list.children.length > EV.max) list.lastElementChild.remove();
@@ -525,13 +640,15 @@ function adminStart() {
   every(3000, loadRequests);
   every(15000, () => { loadWorlds(); loadTokens(); loadKeys(); });
   every(1000, tickCode);
+  every(1000, ageTimes);
   openEvents();
 }
 
 // -- Pair page
-const P = { code: '', until: 0, status: '', busy: false, bound: false, last: {} };
+const P = { code: '', until: 0, status: '', busy: false, bound: false, last: {}, grant: null };
 const PAIR_TEXT = {
-  approved: 'Approved. Go back to Foundry: the module finishes pairing within a few seconds.',
+  approved: 'Paired: return to Foundry. The module finishes pairing within a few seconds.',
+  upgraded: 'Approved: the world may now make the cross-world requests you granted. Return to Foundry.',
   exchanged: 'Paired. The world has its connection token.',
   denied: 'Denied. The module has been told no.',
   expired: 'This request has expired. Start pairing again from the module.',
@@ -549,7 +666,10 @@ async function pairLoad() {
     if ((e.status === 404 || e.status === 410) && P.status && P.status !== 'pending') {
       stopTimers(); // answered here, then removed by the relay: keep the answer shown
     } else if (e.status === 404 || e.status === 410) {
+      // Only the error: no "this world asks to connect" for a request that is not there.
+      $('pair-intro').hidden = true;
       $('pair-info').hidden = true;
+      $('pair-upgrade').hidden = true;
       $('pair-actions').hidden = true;
       setMsg('pair-status', 'There is no pending request with this code: it expired or was already answered. Start pairing again from the module.', 'err');
       stopTimers();
@@ -566,20 +686,49 @@ function renderPair(q) {
   pairText('pi-system', system(q));
   pairText('pi-foundry', str(q.foundryVersion) || '?');
   $('pair-upgrade').hidden = !q.upgradeOnly;
+  pairGrant(q);
   if (typeof q.expiresIn === 'number') P.until = Date.now() + q.expiresIn * 1000;
   else if (typeof q.expiresAt === 'number') P.until = q.expiresAt;
   P.status = str(q.status) || 'pending';
   const open = P.status === 'pending';
-  $('pair-actions').hidden = !open;
+  const expired = P.status === 'expired';
+  $('pair-intro').hidden = !open;
+  // Expired: the buttons stay in place, disabled, so the page says plainly it is too late.
+  $('pair-actions').hidden = !open && !expired;
+  if (expired) $('pair-approve').disabled = $('pair-deny').disabled = true;
   if (open) setMsg('pair-status', '');
-  else setMsg('pair-status', PAIR_TEXT[P.status] || 'Status: ' + P.status, P.status === 'denied' || P.status === 'expired' ? 'err' : 'ok');
+  else {
+    const key = P.status === 'approved' && q.upgradeOnly ? 'upgraded' : P.status;
+    setMsg('pair-status', PAIR_TEXT[key] || 'Status: ' + P.status, P.status === 'denied' || P.status === 'expired' ? 'err' : 'ok');
+  }
   if (!open) stopTimers();
   tickPair();
+}
+// An upgrade asks for cross-world permission: the fields say exactly what approving grants.
+async function pairGrant(q) {
+  const box = $('pair-grant');
+  if (!q.upgradeOnly || str(q.status) !== 'pending') { box.hidden = true; P.grant = null; return; }
+  if (P.grant) return;
+  let worlds = [];
+  try { worlds = (await api('GET', '/admin/api/worlds')).worlds || []; } catch (_) { /* shown without names */ }
+  const cur = worlds.find((w) => w.clientId === q.clientId) || {};
+  const req = (k) => Array.isArray(q[k]) && q[k].length ? q[k] : null;
+  P.grant = grantFields('pg', req('requestedTargetClients') || cur.allowedTargets || [],
+    req('requestedRemoteScopes') || cur.remoteScopes || []);
+  const others = worlds.filter((w) => w.clientId !== q.clientId)
+    .map((w) => str(w.worldTitle || w.worldId) + ' (' + str(w.clientId) + ')').join(', ');
+  box.replaceChildren(P.grant.box, el('p', { class: 'muted small' }, 'Other worlds: ' + (others || 'none')));
+  box.hidden = false;
 }
 function tickPair() {
   if (!P.until) return;
   const left = (P.until - Date.now()) / 1000;
-  pairText('pi-expires', P.status !== 'pending' ? '—' : left > 0 ? 'in ' + clock(left) : 'expired');
+  pairText('pi-expires', P.status === 'expired' ? 'expired' : P.status !== 'pending' ? '—' : left > 0 ? 'in ' + clock(left) : 'expired');
+  // At zero the relay refuses an answer: the buttons go, and the page says why.
+  if (P.status === 'pending' && left <= 0 && !P.busy) {
+    $('pair-approve').disabled = $('pair-deny').disabled = true;
+    setMsg('pair-status', PAIR_TEXT.expired, 'err');
+  }
 }
 async function answer(verb) {
   const yes = $('pair-approve');
@@ -588,16 +737,17 @@ async function answer(verb) {
   P.busy = true;
   setMsg('pair-status', verb === 'approve' ? 'Approving…' : 'Denying…');
   try {
-    await api('POST', '/admin/api/pair-requests/' + enc(P.code) + '/' + verb, {});
+    const body = verb === 'approve' && P.grant ? P.grant.vals() : {};
+    await api('POST', '/admin/api/pair-requests/' + enc(P.code) + '/' + verb, body);
     P.busy = false;
-    // Show the answer at once; the re-fetch then shows what the relay recorded.
+    // Show the answer at once: it is final, so nothing is fetched again.
     renderPair(Object.assign({}, P.last, { status: verb === 'approve' ? 'approved' : 'denied' }));
-    await pairLoad();
+    $('pair-status').focus();
   } catch (e) {
     setMsg('pair-status', e.message, 'err');
+    yes.disabled = no.disabled = false;
   } finally {
     P.busy = false;
-    yes.disabled = no.disabled = false;
   }
 }
 function pairStart() {

@@ -5,7 +5,10 @@
 //! scripts), or the page's session cookie `fvtt_admin` from `POST /admin/api/login`. A session
 //! must also send `X-CSRF-Token` on every POST/PATCH/DELETE: the cookie is `SameSite=Strict`
 //! already, and the token is the second lock for browsers or proxies that ignore it. Sessions
-//! live in memory only, so a restart (or an admin key rotation) signs the owner out.
+//! are kept in the state file as the SHA-256 of the cookie value, so a restart does not sign
+//! the owner out; the CSRF token is derived from the cookie value (a one-way hash), so it
+//! need not be stored. An admin key rotation ends every session; the session check
+//! (`GET /admin/api/session`) then tells the page why.
 //!
 //! Every `/admin*` and `/pair/*` response carries `Cache-Control: no-store` and the security
 //! headers of relay-protocol.md §6.4, and no CORS header: these routes are same-origin only.
@@ -21,6 +24,7 @@ use serde_json::{json, Value};
 use super::io::Action;
 use super::limits::too_many;
 use super::pairing::ReqStatus;
+use super::remote;
 use super::rest::presented_key;
 use super::world::Live;
 use super::Relay;
@@ -29,10 +33,13 @@ use crate::enc;
 use crate::http::request::{Head, Method};
 use crate::http::response::{Body, Response};
 use crate::ids::{self, ConnId};
-use crate::store::{ApiKey, ConnToken, KnownWorld};
+use crate::store::{AdminSession, ApiKey, ConnToken, KnownWorld};
 
 /// The session cookie's name.
 pub const COOKIE: &str = "fvtt_admin";
+/// Why a browser holding a session cookie is signed out.
+const SESSION_GONE: &str =
+    "Your session has ended: it expired, or the admin key was changed. Sign in again.";
 /// Sessions kept at once; the oldest goes first (one owner rarely has more than a few).
 const MAX_SESSIONS: usize = 32;
 
@@ -42,13 +49,13 @@ const ADMIN_HTML: &str = include_str!("../assets/admin.html");
 const PAIR_HTML: &str = include_str!("../assets/pair.html");
 const APP_JS: &str = include_str!("../assets/app.js");
 const APP_CSS: &str = include_str!("../assets/app.css");
+const INDEX_HTML: &str = include_str!("../assets/index.html");
 
-/// A signed-in admin page.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Session {
-    pub csrf: String,
-    pub created_ms: u64,
-    pub expires_ms: u64,
+/// The CSRF token of the session whose cookie value is `sid`: derived, so a session kept
+/// across a restart (only its hash is stored) still has it, and one-way, so the token (which
+/// page scripts see) does not reveal the HttpOnly cookie.
+fn csrf_for(sid: &str) -> String {
+    auth::hash_secret(&format!("fvtt-relay csrf {sid}"))
 }
 
 /// How an admin request proved itself.
@@ -163,10 +170,15 @@ pub fn world_json(w: &KnownWorld, live: Option<&Live>) -> Value {
         "systemVersion": pick(m.map(|m| &m.system_version), &w.system_version),
         "foundryVersion": pick(m.map(|m| &m.foundry_version), &w.foundry_version),
         "customName": pick(m.map(|m| &m.custom_name), &w.custom_name),
+        "serverOrigin": w.server_origin,
+        "users": live.map(|l| l.users.clone()).filter(Value::is_array),
+        "allowedTargets": w.allowed_targets,
+        "remoteScopes": w.remote_scopes,
         "isOnline": online,
         "connectedSince": since,
         "lastSeen": seen,
         "pairedAt": w.paired_ms,
+        "lastLink": w.last_link.as_ref().map(|n| json!({"at": n.at_ms, "kind": n.kind, "text": n.text})),
     })
 }
 
@@ -184,6 +196,29 @@ fn page(content_type: &'static str, body: &'static str) -> Response {
     let mut r = Response::new(200).header("Content-Type", content_type);
     r.body = Body::Bytes(body.as_bytes().to_vec());
     r
+}
+
+/// `GET /` for a browser (its `Accept` names text/html): a small page naming the relay and its
+/// version, with the way to the admin page. API clients keep `{"status":"ok"}`.
+pub(crate) fn landing_page() -> Response {
+    let html = INDEX_HTML.replace("{{VERSION}}", env!("CARGO_PKG_VERSION"));
+    let mut r = Response::new(200).header("Content-Type", "text/html; charset=utf-8");
+    r.body = Body::Bytes(html.into_bytes());
+    secured(r)
+}
+
+/// Whether a request comes from a browser navigating to a page: its `Accept` lists text/html
+/// (RFC 9110 §12.5.1; an API client sends `*/*`, `application/json`, or nothing).
+pub(crate) fn wants_html(head: &Head) -> bool {
+    head.header("accept").is_some_and(|a| {
+        a.split(',').any(|m| {
+            m.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("text/html")
+        })
+    })
 }
 
 #[derive(Deserialize, Default)]
@@ -272,20 +307,26 @@ impl Relay {
                 Err(_) => Err(Response::error(401, "Invalid admin key")),
             };
         }
-        let Some((sid, s)) = self.live_session(head, now_ms) else {
+        let Some((hash, csrf)) = self.live_session(head, now_ms) else {
             return Err(Response::error(401, "Not signed in"));
         };
-        if !csrf_ok(head.method, true, &s.csrf, head.header("x-csrf-token")) {
+        if !csrf_ok(head.method, true, &csrf, head.header("x-csrf-token")) {
             return Err(Response::error(403, "Invalid CSRF token"));
         }
-        Ok(Via::Session(sid))
+        Ok(Via::Session(hash))
     }
 
-    fn live_session(&mut self, head: &Head, now_ms: u64) -> Option<(String, Session)> {
-        self.owner.sessions.retain(|_, s| now_ms < s.expires_ms);
+    /// The session the request's cookie names, if live: (its stored hash, its CSRF token).
+    fn live_session(&mut self, head: &Head, now_ms: u64) -> Option<(String, String)> {
+        // Expired ones go from memory now and from the file with the next save.
+        self.state.admin_sessions.retain(|s| now_ms < s.expires_ms);
         let sid = cookie_value(head.header("cookie")?, COOKIE)?;
-        let s = self.owner.sessions.get(sid)?;
-        Some((sid.to_string(), s.clone()))
+        let hash = auth::hash_secret(sid);
+        self.state
+            .admin_sessions
+            .iter()
+            .any(|s| s.hash == hash)
+            .then(|| (hash, csrf_for(sid)))
     }
 
     fn cookie(&self, value: &str, max_age: u64) -> String {
@@ -318,13 +359,32 @@ impl Relay {
             .map(|s| enc::percent_decode(s).unwrap_or_default())
             .collect();
         let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+        // RFC 9110 §15.5.6: a known path with a method it does not take is 405 with Allow,
+        // before any credential is looked at (TRACE /admin/api/login is not a sign-in).
+        if let Some(allow) = admin_methods(&segs) {
+            if !allow.split(", ").any(|a| a == head.method_raw) {
+                return Response::error(405, "Method not allowed").header("Allow", allow);
+            }
+        }
         match (m, segs.as_slice()) {
-            (Method::Post, ["login"]) => return self.login(peer, body, now, now_ms),
+            (Method::Post, ["login"]) => return self.login(peer, body, now, now_ms, out),
+            // The page asks on every load: "signed out" is an answer, not an error, so a
+            // signed-out load logs no failed request. A cookie naming no live session means
+            // it expired or the admin key changed; the sign-in page says so.
             (Method::Get, ["session"]) => {
                 return match self.live_session(head, now_ms) {
-                    Some((_, s)) => Response::json(200, &json!({"csrfToken": s.csrf})),
-                    None => Response::error(401, "Not signed in"),
-                }
+                    Some((_, csrf)) => {
+                        Response::json(200, &json!({"signedIn": true, "csrfToken": csrf}))
+                    }
+                    None if head
+                        .header("cookie")
+                        .and_then(|c| cookie_value(c, COOKIE))
+                        .is_some_and(|v| !v.is_empty()) =>
+                    {
+                        Response::json(200, &json!({"signedIn": false, "reason": SESSION_GONE}))
+                    }
+                    None => Response::json(200, &json!({"signedIn": false})),
+                };
             }
             _ => {}
         }
@@ -335,11 +395,17 @@ impl Relay {
         let get = matches!(m, Method::Get | Method::Head);
         match (m, segs.as_slice()) {
             (Method::Post, ["logout"]) => {
-                if let Via::Session(sid) = &via {
-                    self.owner.sessions.remove(sid);
+                if let Via::Session(hash) = &via {
+                    // A sign-out must not come back after a crash: saved before it is answered.
+                    let undo = self.state.clone();
+                    self.state.admin_sessions.retain(|s| &s.hash != hash);
+                    if let Err(refused) = self.commit(undo) {
+                        return refused;
+                    }
                 }
                 Response::new(204).header("Set-Cookie", self.cookie("", 0))
             }
+            (_, ["status"]) if get => Response::json(200, &self.status_report(now)),
             (_, ["scopes"]) if get => {
                 Response::json(200, &json!({"all": ALL_SCOPES, "default": DEFAULT_SCOPES}))
             }
@@ -348,11 +414,22 @@ impl Relay {
                     .state
                     .worlds
                     .iter()
-                    .map(|w| world_json(w, self.worlds.get(&w.client_id)))
+                    .map(|w| {
+                        let live = self.worlds.get(&w.client_id);
+                        let mut v = world_json(w, live);
+                        // "Why is it offline?" (relay/history.rs).
+                        v["history"] = self.history_json(&w.client_id);
+                        v["lastNotice"] = self.notice_json(&w.client_id);
+                        if live.is_none() {
+                            v["offlineReason"] = json!(self.why_offline(&w.client_id));
+                        }
+                        v
+                    })
                     .collect();
                 Response::json(200, &json!({"worlds": worlds}))
             }
             (Method::Delete, ["worlds", id]) => self.unpair_world(id, now, out),
+            (Method::Patch, ["worlds", id]) => self.set_grants(id, body),
             (_, ["keys"]) if get => {
                 let keys: Vec<Value> = self.state.api_keys.iter().map(key_json).collect();
                 Response::json(200, &json!({"keys": keys}))
@@ -414,7 +491,7 @@ impl Relay {
                 }
             }
             (Method::Post, ["pair-requests", code, verb @ ("approve" | "deny")]) => {
-                self.decide_pair_request(code, *verb == "approve", now_ms)
+                self.decide_pair_request(code, *verb == "approve", body, now_ms)
             }
             (_, ["tokens"]) if get => {
                 let list: Vec<Value> = self.state.tokens.iter().map(token_json).collect();
@@ -431,11 +508,13 @@ impl Relay {
             (Method::Post, ["admin-key", "rotate"]) => {
                 let undo = self.state.clone();
                 let key = self.state.rotate_admin_key();
+                // Every session was opened with the old key: they end with it, and so do
+                // the event streams opened with either (revoke.rs).
+                self.state.admin_sessions.clear();
                 if let Err(refused) = self.commit(undo) {
                     return refused;
                 }
-                // Every session was opened with the old key: they end with it.
-                self.owner.sessions.clear();
+                self.drop_admin_subscribers(out);
                 info!("admin key rotated");
                 Response::json(200, &json!({"key": key}))
             }
@@ -443,7 +522,14 @@ impl Relay {
         }
     }
 
-    fn login(&mut self, peer: IpAddr, body: &[u8], now: Instant, now_ms: u64) -> Response {
+    fn login(
+        &mut self,
+        peer: IpAddr,
+        body: &[u8],
+        now: Instant,
+        now_ms: u64,
+        out: &mut Vec<Action>,
+    ) -> Response {
         // Every attempt counts (not only failures): a refusal must come before the key is
         // checked, or its timing and status would still answer the guess.
         let v = self.limits.login.check(&peer, now);
@@ -461,31 +547,25 @@ impl Relay {
             info!("{peer}: admin sign-in refused");
             return Response::error(401, "Invalid admin key");
         }
-        self.owner.sessions.retain(|_, s| now_ms < s.expires_ms);
-        while self.owner.sessions.len() >= MAX_SESSIONS {
-            let oldest = self
-                .owner
-                .sessions
-                .iter()
-                .min_by_key(|(_, s)| s.created_ms)
-                .map(|(k, _)| k.clone());
-            match oldest {
-                Some(k) => self.owner.sessions.remove(&k),
-                None => break,
-            };
+        let sessions = &mut self.state.admin_sessions;
+        sessions.retain(|s| now_ms < s.expires_ms);
+        // The oldest go first (kept in sign-in order).
+        if sessions.len() >= MAX_SESSIONS {
+            let excess = sessions.len() + 1 - MAX_SESSIONS;
+            sessions.drain(..excess);
         }
         let ttl = self.cfg.admin_session_ttl;
         let sid = ids::random_hex(32);
-        let csrf = ids::random_hex(32);
-        self.owner.sessions.insert(
-            sid.clone(),
-            Session {
-                csrf: csrf.clone(),
-                created_ms: now_ms,
-                expires_ms: now_ms
-                    .saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
-            },
-        );
+        let csrf = csrf_for(&sid);
+        sessions.push(AdminSession {
+            hash: auth::hash_secret(&sid),
+            created_ms: now_ms,
+            expires_ms: now_ms.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
+        });
+        // Saved at once so a restart right after signing in keeps the session; a failed save
+        // does not refuse the sign-in (the owner may need the page to see why the disk is
+        // failing): the retry timer saves it later.
+        self.persist_soon(now, out);
         info!("{peer}: admin signed in");
         Response::json(200, &json!({"csrfToken": csrf}))
             .header("Set-Cookie", self.cookie(&sid, ttl.as_secs()))
@@ -543,11 +623,85 @@ impl Relay {
         if let Some(conn) = link {
             self.close_world_link(conn, "Unpaired by owner", now, out);
         }
+        self.history.forget_world(id);
+        // Every stream and socket following the world ends now (revoke.rs).
+        self.end_streams_of_world(id, out);
         info!("world {id} unpaired by the owner");
         Response::json(200, &json!({"success": true}))
     }
 
-    fn decide_pair_request(&mut self, code: &str, approve: bool, now_ms: u64) -> Response {
+    /// `PATCH /admin/api/worlds/{clientId}` `{allowedTargets?, remoteScopes?}` (arrays or
+    /// comma-separated): replace the world's cross-world grants (relay/remote.rs).
+    fn set_grants(&mut self, id: &str, body: &[u8]) -> Response {
+        let v: Value = match body_json(body) {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+        let Some(w) = self
+            .state
+            .worlds
+            .iter()
+            .find(|w| w.client_id == id)
+            .cloned()
+        else {
+            return Response::error(404, "Unknown clientId");
+        };
+        let lists = (
+            remote::string_list(v.get("allowedTargets")),
+            remote::string_list(v.get("remoteScopes")),
+        );
+        let (targets, scopes) = match lists {
+            (Ok(t), Ok(s)) => (
+                t.unwrap_or(w.allowed_targets.clone()),
+                s.unwrap_or(w.remote_scopes.clone()),
+            ),
+            (Err(e), _) | (_, Err(e)) => return Response::error(400, &e),
+        };
+        match self.grant(w, &targets, &scopes, false) {
+            Ok(v) => Response::json(200, &v),
+            Err(refused) => refused,
+        }
+    }
+
+    /// Store a world's grants (validated: 400; saved before it is answered: 503 and undone
+    /// when the save fails); with `add`, merged into what it has. Returns the world's admin
+    /// view.
+    fn grant(
+        &mut self,
+        mut w: KnownWorld,
+        targets: &[String],
+        scopes: &[String],
+        add: bool,
+    ) -> Result<Value, Response> {
+        let (mut t, mut s) = if add {
+            (w.allowed_targets.clone(), w.remote_scopes.clone())
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        t.extend(targets.iter().cloned());
+        s.extend(scopes.iter().cloned());
+        let (t, s) = remote::validate_grants(&self.state, &w.client_id, &t, &s)
+            .map_err(|e| Response::error(400, &e))?;
+        w.allowed_targets = t;
+        w.remote_scopes = s;
+        info!(
+            "world {}: cross-world targets {:?}, scopes {:?}",
+            w.client_id, w.allowed_targets, w.remote_scopes
+        );
+        let view = world_json(&w, self.worlds.get(&w.client_id));
+        let undo = self.state.clone();
+        self.state.upsert_world(w);
+        self.commit(undo)?;
+        Ok(view)
+    }
+
+    fn decide_pair_request(
+        &mut self,
+        code: &str,
+        approve: bool,
+        body: &[u8],
+        now_ms: u64,
+    ) -> Response {
         self.purge_pair_requests(now_ms);
         let code = code.to_ascii_uppercase();
         let Some(i) = self.owner.requests.iter().position(|r| r.code == code) else {
@@ -568,9 +722,64 @@ impl Relay {
             "expired" => return Response::error(410, "Pair request has expired"),
             _ => return Response::error(409, "Pair request was already decided"),
         }
+        let mut granted = Value::Null;
         let new_status = if !approve {
             ReqStatus::Denied
         } else if upgrade {
+            // An upgrade asks for cross-world permission. What is granted is what the owner
+            // chose on approval (`allowedTargets`, `remoteScopes`), else what the request
+            // named, added to what the world has. An approval that would leave the world
+            // with no target or no scope grants nothing: refused, so the module is never
+            // told `upgraded: true` for nothing.
+            let Some(w) = bound.as_ref().and_then(|c| {
+                self.state
+                    .worlds
+                    .iter()
+                    .find(|w| &w.client_id == c)
+                    .cloned()
+            }) else {
+                return Response::error(
+                    409,
+                    "The world asking for an upgrade is not paired with this relay; deny it",
+                );
+            };
+            let v: Value = match body_json(body) {
+                Ok(v) => v,
+                Err(r) => return r,
+            };
+            let (req_t, req_s) = match self.owner.requests.get(i) {
+                Some(r) => (r.requested_targets.clone(), r.requested_scopes.clone()),
+                None => return Response::error(404, "Pair request not found"),
+            };
+            let (t, s) = match (
+                remote::string_list(v.get("allowedTargets")),
+                remote::string_list(v.get("remoteScopes")),
+            ) {
+                (Ok(t), Ok(s)) => (t.unwrap_or(req_t), s.unwrap_or(req_s)),
+                (Err(e), _) | (_, Err(e)) => return Response::error(400, &e),
+            };
+            let (all_t, all_s) = match remote::validate_grants(
+                &self.state,
+                &w.client_id,
+                &[w.allowed_targets.clone(), t.clone()].concat(),
+                &[w.remote_scopes.clone(), s.clone()].concat(),
+            ) {
+                Ok(x) => x,
+                Err(e) => return Response::error(400, &e),
+            };
+            if all_t.is_empty() || all_s.is_empty() {
+                return Response::error(
+                    400,
+                    "This approval grants nothing: choose at least one target world and one \
+                     scope for cross-world requests, or deny the request",
+                );
+            }
+            granted = match self.grant(w, &t, &s, true) {
+                Ok(v) => {
+                    json!({"allowedTargets": v["allowedTargets"], "remoteScopes": v["remoteScopes"]})
+                }
+                Err(refused) => return refused,
+            };
             ReqStatus::Approved(None)
         } else {
             let ttl_ms = u64::try_from(self.cfg.pairing_code_ttl.as_millis()).unwrap_or(u64::MAX);
@@ -592,7 +801,11 @@ impl Relay {
             "pair request {code} {}",
             if approve { "approved" } else { "denied" }
         );
-        Response::json(200, &r.to_json(now_ms))
+        let mut v = r.to_json(now_ms);
+        if !granted.is_null() {
+            v["granted"] = granted;
+        }
+        Response::json(200, &v)
     }
 
     fn patch_token(
@@ -636,7 +849,7 @@ impl Relay {
 
     /// A key was revoked: its open `/ws/api` and event streams end now.
     pub(crate) fn key_revoked(&mut self, key_id: &str, out: &mut Vec<Action>) {
-        self.drop_subscribers_of_key(key_id, out);
+        self.drop_subscribers_of_key(key_id, super::revoke::KEY_REVOKED, out);
     }
 
     /// Note an API key's use; saved at most once a minute per key (the value only feeds
@@ -648,9 +861,42 @@ impl Relay {
     }
 }
 
+/// The methods each admin API path takes (the `Allow` of a 405); `None` for an unknown path.
+fn admin_methods(segs: &[&str]) -> Option<&'static str> {
+    Some(match segs {
+        ["login" | "logout" | "pairing-codes"] => "POST",
+        ["admin-key", "rotate"] => "POST",
+        ["pair-requests", _, "approve" | "deny"] => "POST",
+        ["session" | "status" | "scopes" | "worlds" | "pair-requests" | "tokens"] => "GET, HEAD",
+        ["pair-requests", _] => "GET, HEAD",
+        ["keys"] => "GET, HEAD, POST",
+        ["worlds", _] => "PATCH, DELETE",
+        ["keys", _] => "DELETE",
+        ["tokens", _] => "PATCH, DELETE",
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every admin API route the documents list takes its method in `admin_methods` (the
+    /// 405 table), so a route added to one and not the other fails here.
+    #[test]
+    fn admin_methods_cover_every_documented_route() {
+        for (method, path, _, _) in super::super::docs::OWNER_ROUTES {
+            let Some(rest) = path.strip_prefix("/admin/api/") else {
+                continue;
+            };
+            let segs: Vec<&str> = rest.split('/').collect();
+            let allow = admin_methods(&segs).unwrap_or_else(|| panic!("{path} has no methods"));
+            assert!(
+                allow.split(", ").any(|a| a == *method),
+                "{method} {path}: Allow is {allow}"
+            );
+        }
+    }
 
     #[test]
     fn csrf_rule() {

@@ -171,7 +171,7 @@ const MISSING_REQUEST_ID: &str = "Missing \"requestId\" field for request messag
 const MAX_SUBS: &str = "Maximum event subscriptions reached for this client";
 
 /// The scope a forwardable type needs, or `None` for a type that is not forwardable.
-fn required_scope(ws_type: &str) -> Option<&'static str> {
+pub(crate) fn required_scope(ws_type: &str) -> Option<&'static str> {
     let (_, scope) = FORWARDABLE.iter().find(|(t, _)| *t == ws_type)?;
     Some(match (*scope, ws_type) {
         // Decisions for the rows without a scope (see the module comment).
@@ -300,7 +300,7 @@ fn resolve_world(
 /// HTTP shape of §2.2 step 6): the caller's fields minus `type`, `requestId`, `clientId`,
 /// `_scopes` and (except for the screenshot types) `format`; the bound user as `userId`;
 /// then `type`, our `requestId`, `_scopes`, and `data: {}` when absent.
-fn module_request(
+pub(crate) fn module_request(
     ws_type: &str,
     mut fields: Map<String, Value>,
     relay_request_id: &str,
@@ -729,6 +729,14 @@ impl Relay {
         });
     }
 
+    /// Its credential or world was revoked (revoke.rs sends the close): the socket's state
+    /// goes at once, so nothing it still sends is acted on and no reply reaches it.
+    pub(crate) fn api_revoked(&mut self, conn: ConnId, out: &mut Vec<Action>) {
+        self.api_forget(conn, out);
+        self.roles.remove(&conn);
+        self.pending.drop_caller(conn);
+    }
+
     /// Drop a socket's state and subscriptions, sending the module the count changes.
     fn api_forget(&mut self, conn: ConnId, out: &mut Vec<Action>) {
         self.api.remove(&conn);
@@ -822,6 +830,7 @@ impl Relay {
                 client_ids: bound,
                 user_id: user_id.clone(),
                 world: Some(world.clone()),
+                origin: None,
             },
         );
         if let Some(sock) = self.api.get_mut(&conn) {

@@ -13,7 +13,8 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::http::route::{Kind, PType, Route, RouteTable, Source};
+use crate::http::route::{Kind, PType, Param, Route, RouteTable, Source};
+use crate::relay::forward;
 
 /// The spec's ws-api.tsv (client_type, server_reply_type, scope, params, notes), embedded.
 pub const WS_API_TSV: &str = include_str!("ws-api.tsv");
@@ -38,8 +39,10 @@ pub const OWNER_ROUTES: &[(&str, &str, &str, OwnerAuth)] = &[
     ("POST", "/admin/api/login", "Start an admin session with the admin key", OwnerAuth::None),
     ("POST", "/admin/api/logout", "End the admin session", OwnerAuth::Admin),
     ("GET", "/admin/api/session", "The current admin session and its CSRF token", OwnerAuth::Admin),
+    ("GET", "/admin/api/status", "The relay's status: address, uptime, worlds, connections (fvtt-relay status)", OwnerAuth::Admin),
     ("GET", "/admin/api/worlds", "Paired worlds, live and offline", OwnerAuth::Admin),
     ("DELETE", "/admin/api/worlds/{clientId}", "Unpair a world and revoke its tokens", OwnerAuth::Admin),
+    ("PATCH", "/admin/api/worlds/{clientId}", "Set a world's cross-world permission (allowedTargets, remoteScopes)", OwnerAuth::Admin),
     ("GET", "/admin/api/pair-requests", "Open browser pairing requests", OwnerAuth::Admin),
     ("GET", "/admin/api/pair-requests/{code}", "One browser pairing request", OwnerAuth::Admin),
     ("POST", "/admin/api/pair-requests/{code}/approve", "Approve a browser pairing request", OwnerAuth::Admin),
@@ -110,11 +113,65 @@ fn schema_of(t: PType) -> Value {
     }
 }
 
+/// The JSON body of every error the relay writes itself (`{"error": "..."}`, sometimes with
+/// more fields such as `validTypes`, `clientId`, `message` or `reason`).
 fn error_response(description: &str) -> Value {
     json!({
         "description": description,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
     })
+}
+
+/// An error status whose answer carries a header (`Retry-After` on 429, `Allow` on 405).
+fn error_with_header(description: &str, header: &str, what: &str) -> Value {
+    let mut r = error_response(description);
+    r["headers"] = json!({header: {"$ref": format!("#/components/headers/{what}")}});
+    r
+}
+
+/// The `X-RateLimit-*` headers every answer to a keyed route carries (not marked required:
+/// an answer refused before the key is known has none).
+fn rate_limit_headers() -> Value {
+    json!({
+        "X-RateLimit-Limit": {"$ref": "#/components/headers/RateLimitLimit"},
+        "X-RateLimit-Remaining": {"$ref": "#/components/headers/RateLimitRemaining"},
+        "X-RateLimit-Reset": {"$ref": "#/components/headers/RateLimitReset"},
+    })
+}
+
+/// A query string value: what the relay reads from `?name=value`. Arrays travel as JSON text
+/// (`details=["items"]`), described with `content` (OpenAPI 3.0.3 §4.7.12.1). An empty
+/// value counts as absent, so a required string has `minLength: 1`.
+fn query_param(p: &Param, required: bool, also_body: bool) -> Value {
+    let mut param = json!({"name": p.name, "in": "query", "required": required});
+    match p.ptype {
+        PType::Array | PType::Object => {
+            param["content"] = json!({"application/json": {"schema": schema_of(p.ptype)}});
+            param["description"] = Value::from("JSON text, e.g. `[\"items\"]`");
+        }
+        PType::String if required => param["schema"] = json!({"type": "string", "minLength": 1}),
+        t => param["schema"] = schema_of(t),
+    }
+    if also_body {
+        param["description"] = Value::from("Also accepted as a property of a JSON body.");
+    }
+    param
+}
+
+/// A body property. JSON `null` counts as absent, so an optional property is nullable; a
+/// required one is not.
+fn body_property(p: &Param, also_query: bool) -> Value {
+    let mut schema = schema_of(p.ptype);
+    if !p.required && p.ptype != PType::Any {
+        schema["nullable"] = Value::Bool(true);
+    }
+    if also_query {
+        schema["description"] = Value::from(match p.ptype {
+            PType::Array | PType::Object => "Also accepted in the query string, as JSON text.",
+            _ => "Also accepted in the query string.",
+        });
+    }
+    schema
 }
 
 /// Whether the relay serves `route` as a plain HTTP route (and so lists it in OpenAPI).
@@ -142,38 +199,112 @@ fn operation_id(method: &str, path: &str) -> String {
 }
 
 fn route_operation(route: &Route) -> Value {
+    let is_get = route.method == "GET";
+    let one_of = forward::one_of_rule(&route.ws_type);
+    let in_group = |name: &str| one_of.is_some_and(|(names, _)| names.contains(&name));
     let mut params = Vec::new();
     let mut body_props = Map::new();
     let mut body_required = Vec::new();
+    // A GET "one of" group: one form-exploded object parameter whose properties are the
+    // group's query names (OpenAPI 3.0.3 §4.7.12.4, style form + explode: each property is
+    // its own `name=value` pair on the wire), with `anyOf` saying which must be present.
+    let mut group_props = Map::new();
+    let mut clientid_note = false;
     for p in &route.params {
-        let schema = schema_of(p.ptype);
-        // GET never reads a body (relay-protocol.md §2.2 step 1): its params are query params.
-        let in_query = p.sources.contains(&Source::Query)
-            || (route.method == "GET" && p.sources.contains(&Source::Body));
-        let only_query = p.sources.iter().all(|s| *s == Source::Query) || route.method == "GET";
         if p.sources.contains(&Source::Path) {
+            let mut schema = json!({"type": "string", "minLength": 1});
+            if p.name == "documentType" {
+                schema["enum"] = forward::canvas_document_types().collect();
+                schema.as_object_mut().map(|m| m.remove("minLength"));
+            }
             params.push(json!({"name": p.name, "in": "path", "required": true, "schema": schema}));
             continue;
         }
         if p.sources.contains(&Source::Header) {
             params.push(
-                json!({"name": p.name, "in": "header", "required": p.required, "schema": schema}),
+                json!({"name": p.name, "in": "header", "required": p.required, "schema": schema_of(p.ptype)}),
             );
             continue;
         }
-        if in_query {
-            params.push(json!({
-                "name": p.name, "in": "query", "schema": schema,
-                // A param also read from the body is not required in the query.
-                "required": p.required && only_query,
-            }));
+        let from_query = p.sources.contains(&Source::Query);
+        let from_body = p.sources.contains(&Source::Body);
+        // `clientId` may be left out when the key is bound to one world or one is connected
+        // (relay-protocol.md §2.3): never required on the wire.
+        let required = p.required && p.name != "clientId";
+        if p.name == "clientId" && p.required {
+            clientid_note = true;
         }
-        if route.method != "GET" && p.sources.contains(&Source::Body) {
-            body_props.insert(p.name.clone(), schema_of(p.ptype));
-            if p.required && !in_query {
+        if is_get || (from_query && !from_body) {
+            // GET never reads a body (relay-protocol.md §2.2 step 1).
+            if in_group(&p.name) {
+                let mut schema = schema_of(p.ptype);
+                if p.ptype == PType::String {
+                    schema["minLength"] = Value::from(1);
+                }
+                group_props.insert(p.name.clone(), schema);
+                continue;
+            }
+            if route.kind == Kind::Sse && p.ptype != PType::String {
+                // Stream filters are compared as text (`type=5` matches `"5"` and `5`).
+                let mut as_text = p.clone();
+                as_text.ptype = PType::String;
+                params.push(query_param(&as_text, required, false));
+                continue;
+            }
+            params.push(query_param(p, required, false));
+        } else {
+            body_props.insert(p.name.clone(), body_property(p, from_query));
+            if required {
                 body_required.push(Value::from(p.name.as_str()));
             }
         }
+    }
+    // Path segments the table gives no param row (`/contents/{path}`) are still parameters.
+    for name in route
+        .pattern
+        .split('/')
+        .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
+    {
+        if !route.params.iter().any(|p| p.name == name) {
+            params.push(json!({"name": name, "in": "path", "required": true,
+                "schema": {"type": "string", "minLength": 1}}));
+        }
+    }
+    let deprecated = route.pattern.starts_with("/contents");
+    let mut description = String::new();
+    if deprecated {
+        description.push_str("Deprecated: always answers 400 with a pointer to `/structure`. ");
+    }
+    if let Some((names, message)) = one_of {
+        description.push_str(&format!("{message}. "));
+        if !group_props.is_empty() {
+            let any: Vec<Value> = names
+                .iter()
+                .filter(|n| group_props.contains_key(**n))
+                .map(|n| json!({"required": [n]}))
+                .collect();
+            params.push(json!({
+                "name": names.join("_or_"),
+                "in": "query",
+                "required": true,
+                "style": "form",
+                "explode": true,
+                "description": format!("{message}: each property is its own query parameter."),
+                "schema": {"type": "object", "properties": group_props, "anyOf": any},
+            }));
+        }
+    }
+    if clientid_note {
+        description.push_str(
+            "`clientId` may be omitted when the key is bound to one world or exactly one world \
+             is connected. ",
+        );
+    }
+    if !is_get && !body_props.is_empty() {
+        description.push_str(
+            "Properties of the JSON body: a JSON `null` counts as absent, a body value wins over \
+             the same name in the query, and a body that is not a JSON object is refused (400). ",
+        );
     }
     let mut op = Map::new();
     op.insert(
@@ -188,17 +319,77 @@ fn route_operation(route: &Route) -> Value {
     };
     op.insert("summary".into(), Value::from(summary));
     op.insert("tags".into(), json!([route.kind.as_str()]));
+    if route.kind == Kind::Sse {
+        params.push(json!({"name": "apiKey", "in": "query", "required": false,
+            "schema": {"type": "string"},
+            "description": "The API key, for clients that cannot set headers (EventSource)."}));
+        params.push(
+            json!({"name": "lastEventId", "in": "query", "required": false,
+            "schema": {"type": "string"},
+            "description": "Resume after this event id (as the Last-Event-ID header)."}),
+        );
+        params.push(
+            json!({"name": "Last-Event-ID", "in": "header", "required": false,
+            "schema": {"type": "string"},
+            "description": "Resume after this event id: missed events are replayed, or an \
+                `event: reset` says they are gone."}),
+        );
+        description.push_str(
+            "The stream opens with `event: connected`; then one event per world event, named \
+             after its type, with `id: <epoch>-<seq>` for resuming; `event: world-disconnected` \
+             when the world goes away. Filters are matched as text. ",
+        );
+    }
+    if !description.is_empty() {
+        op.insert("description".into(), Value::from(description.trim_end()));
+    }
+    if deprecated {
+        op.insert("deprecated".into(), Value::Bool(true));
+    }
     if !params.is_empty() {
         op.insert("parameters".into(), Value::Array(params));
     }
     if !body_props.is_empty() {
         let mut schema = json!({"type": "object", "properties": body_props});
         if !body_required.is_empty() {
-            schema["required"] = Value::Array(body_required);
+            schema["required"] = Value::Array(body_required.clone());
+        }
+        let body_group: Vec<&str> = one_of
+            .map(|(names, _)| {
+                names
+                    .iter()
+                    .copied()
+                    .filter(|n| schema["properties"].get(*n).is_some())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let grouped = !body_group.is_empty() && group_props.is_empty();
+        if grouped {
+            // Present means present and not null (a null counts as absent).
+            let any: Vec<Value> = body_group
+                .iter()
+                .map(|n| {
+                    let ptype = route
+                        .params
+                        .iter()
+                        .find(|p| p.name == *n)
+                        .map_or(PType::Any, |p| p.ptype);
+                    let present = match ptype {
+                        PType::Any => json!({"not": {"type": "null"}}),
+                        t => schema_of(t),
+                    };
+                    json!({"required": [n], "properties": {*n: present}})
+                })
+                .collect();
+            schema["anyOf"] = Value::Array(any);
+        }
+        let required = !body_required.is_empty() || grouped;
+        if !required {
+            schema["nullable"] = Value::Bool(true);
         }
         op.insert(
             "requestBody".into(),
-            json!({"required": false, "content": {"application/json": {"schema": schema}}}),
+            json!({"required": required, "content": {"application/json": {"schema": schema}}}),
         );
     }
     let keyed = !route.scope.is_empty();
@@ -210,20 +401,41 @@ fn route_operation(route: &Route) -> Value {
         op.insert("x-module-type".into(), Value::from(route.ws_type.as_str()));
         op.insert("x-timeout-ms".into(), Value::from(route.timeout_ms));
     }
-    let ok = match (route.kind, route.ws_type.as_str()) {
+    op.insert("responses".into(), route_responses(route, keyed));
+    Value::Object(op)
+}
+
+/// Every status a table route can answer, with its body and headers.
+fn route_responses(route: &Route, keyed: bool) -> Value {
+    let binary = |media: &str| json!({media: {"schema": {"type": "string", "format": "binary"}}});
+    let mut ok = match (route.kind, route.ws_type.as_str()) {
         (Kind::Binary, "download-file") => json!({
-            "description": "The file's bytes (or the module's JSON with format=base64)",
-            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-                "application/json": {"schema": {"type": "object"}}},
+            "description": "The file's bytes with the module's media type (or the module's \
+                JSON with format=base64); Content-Disposition names the file",
+            "headers": {"Content-Disposition": {"$ref": "#/components/headers/ContentDisposition"}},
+            "content": {"application/json": {"schema": {"type": "object"}}, "*/*": binary("*/*")["*/*"]},
         }),
         (Kind::Binary, _) => json!({
-            "description": "The image; X-Image-Width and X-Image-Height carry its size",
-            "content": {"image/png": {"schema": {"type": "string", "format": "binary"}},
-                "image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+            "description": "The image; X-Image-Width and X-Image-Height carry its size (or the \
+                module's JSON when it sent no image)",
+            "headers": {
+                "X-Image-Width": {"$ref": "#/components/headers/ImageWidth"},
+                "X-Image-Height": {"$ref": "#/components/headers/ImageHeight"},
+            },
+            "content": {"image/png": binary("image/png")["image/png"],
+                "image/jpeg": binary("image/jpeg")["image/jpeg"],
+                "image/webp": binary("image/webp")["image/webp"],
+                "application/json": {"schema": {"type": "object"}}},
         }),
         (Kind::Sse, _) => json!({
-            "description": "An event stream",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": "An event stream (WHATWG HTML §9.2); each event's data is JSON text",
+            "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/SseEvent"}}},
+        }),
+        (Kind::Local, _) if route.pattern == "/" => json!({
+            "description": "`{\"status\":\"ok\"}`; a browser (Accept: text/html) gets the \
+                landing page",
+            "content": {"application/json": {"schema": {"type": "object"}},
+                "text/html": {"schema": {"type": "string"}}},
         }),
         (Kind::Forward, t) => json!({
             "description": format!("The module's `{t}-result` reply, verbatim"),
@@ -237,15 +449,24 @@ fn route_operation(route: &Route) -> Value {
     let mut responses = Map::new();
     if route.kind == Kind::Session {
         responses.insert("501".into(), error_response("Not supported by this relay"));
+    } else if route.pattern.starts_with("/contents") {
+        // Deprecated: no success answer (routes.tsv: always 400).
     } else {
-        responses.insert("200".into(), ok);
-        if !route.params.is_empty() || route.pattern.starts_with("/contents") {
-            responses.insert(
-                "400".into(),
-                error_response("Bad parameters, or the module's error"),
-            );
+        if keyed {
+            let mut h = rate_limit_headers();
+            if let (Some(m), Some(extra)) = (h.as_object_mut(), ok.get("headers").cloned()) {
+                if let Some(e) = extra.as_object() {
+                    m.extend(e.clone());
+                }
+            }
+            ok["headers"] = h;
         }
+        responses.insert("200".into(), ok);
     }
+    responses.insert(
+        "400".into(),
+        error_response("Bad parameters or body, a malformed request, or the module's error"),
+    );
     if keyed {
         responses.insert(
             "401".into(),
@@ -255,41 +476,267 @@ fn route_operation(route: &Route) -> Value {
             "403".into(),
             error_response("The key lacks the scope or the world"),
         );
+        responses.insert(
+            "429".into(),
+            error_with_header(
+                "Too many requests for this key",
+                "Retry-After",
+                "RetryAfter",
+            ),
+        );
+    }
+    if matches!(route.kind, Kind::Forward | Kind::Binary | Kind::Sse) || route.pattern.contains('{')
+    {
+        responses.insert(
+            "404".into(),
+            error_response("No such world, or no world connected"),
+        );
     }
     if matches!(route.kind, Kind::Forward | Kind::Binary) {
-        responses.insert("404".into(), error_response("No such connected world"));
         responses.insert(
             "408".into(),
             error_response("The world did not answer in time"),
         );
         responses.insert("502".into(), error_response("The world disconnected"));
     }
-    op.insert("responses".into(), Value::Object(responses));
-    Value::Object(op)
+    insert_transport_errors(&mut responses);
+    Value::Object(responses)
+}
+
+/// Statuses any HTTP request can get from the transport layer (src/http).
+fn insert_transport_errors(responses: &mut Map<String, Value>) {
+    responses
+        .entry("400")
+        .or_insert_with(|| error_response("A malformed request"));
+    responses.insert(
+        "413".into(),
+        error_response("The body is over the size limit"),
+    );
+    responses.insert(
+        "431".into(),
+        error_response("The request head is over the size limit"),
+    );
+    responses.insert(
+        "503".into(),
+        error_response("The relay is shutting down or over its limits"),
+    );
+}
+
+/// An owner route's request body and its answers, by (method, path).
+fn owner_shape(method: &str, path: &str) -> (Option<Value>, Vec<(&'static str, &'static str)>) {
+    let s = json!({"type": "string"});
+    let ns = json!({"type": "string", "nullable": true});
+    let pair_fields = json!({
+        "worldId": ns, "worldTitle": ns, "systemId": ns, "systemTitle": ns,
+        "systemVersion": ns, "foundryVersion": ns, "serverFingerprint": ns,
+        "clientId": ns, "existingClientId": ns,
+    });
+    let obj = |props: Value, required: &[&str]| {
+        let mut v = json!({"type": "object", "properties": props});
+        if !required.is_empty() {
+            v["required"] = json!(required);
+        }
+        v
+    };
+    match (method, path) {
+        ("POST", "/auth/pair") => {
+            let mut props = json!({"worldId": ns, "worldTitle": ns, "serverFingerprint": ns,
+                "existingClientId": ns});
+            props["code"] = json!({"type": "string", "minLength": 1});
+            (
+                Some(obj(props, &["code"])),
+                vec![
+                    ("200", "The connection token"),
+                    ("400", "Missing or bad fields"),
+                    ("404", "Unknown code"),
+                    ("410", "Expired code"),
+                    ("429", "Too many attempts"),
+                ],
+            )
+        }
+        ("POST", "/auth/pair-request") => {
+            let mut props = pair_fields.clone();
+            if let Some(m) = props.as_object_mut() {
+                m.remove("existingClientId");
+            }
+            props["worldId"] = json!({"type": "string", "minLength": 1});
+            props["upgradeOnly"] = json!({"type": "boolean", "nullable": true});
+            (
+                Some(obj(props, &["worldId"])),
+                vec![
+                    ("201", "The request's code and pair page URL"),
+                    ("400", "Missing or bad fields"),
+                    ("429", "Too many open requests"),
+                ],
+            )
+        }
+        ("GET", "/auth/pair-request/{code}/status") => (
+            None,
+            vec![
+                ("200", "Pending, approved (with the token once) or denied"),
+                ("404", "Unknown request"),
+                ("410", "Expired request"),
+            ],
+        ),
+        ("POST", "/api/self-unpair") => (
+            Some(obj(
+                json!({"token": {"type": "string", "minLength": 1}}),
+                &["token"],
+            )),
+            vec![
+                ("200", "Unpaired"),
+                ("400", "Missing token"),
+                ("404", "Unknown token"),
+            ],
+        ),
+        ("POST", "/admin/api/login") => (
+            Some(obj(json!({"key": s}), &["key"])),
+            vec![
+                (
+                    "200",
+                    "Signed in: the CSRF token; the session cookie is set",
+                ),
+                ("400", "Bad body"),
+                ("401", "Invalid admin key"),
+                ("429", "Too many attempts"),
+            ],
+        ),
+        ("POST", "/admin/api/keys") => (
+            Some(obj(
+                json!({"name": {"type": "string", "minLength": 1, "maxLength": 100},
+                    "scopes": {"nullable": true,
+                        "description": "Scope names, or \"default\" / \"all\" (a comma-separated \
+                            list is accepted too); absent: the default set",
+                        "anyOf": [
+                            {"type": "array", "minItems": 1,
+                                "items": {"type": "string", "enum": crate::auth::ALL_SCOPES}},
+                            {"type": "string", "enum": ["default", "all"]}]},
+                    "clientIds": {"type": "array", "items": {"type": "string", "minLength": 1}},
+                    "userId": ns,
+                    "expiresInDays": {"type": "integer", "minimum": 1, "maximum": 4_294_967_295u64,
+                        "nullable": true},
+                    "rateLimitPerMinute": {"type": "integer", "minimum": 1,
+                        "maximum": 4_294_967_295u64, "nullable": true}}),
+                &["name"],
+            )),
+            vec![("201", "The new key, shown once"), ("400", "Bad fields")],
+        ),
+        ("PATCH", "/admin/api/tokens/{id}") => (
+            Some(obj(
+                json!({"allowedIps": {"type": "array",
+                    "description": "Addresses or CIDR blocks (e.g. 192.168.1.0/24); empty: any",
+                    "items": {"anyOf": [{"type": "string", "format": "ipv4"},
+                        {"type": "string", "format": "ipv6"}]}}}),
+                &["allowedIps"],
+            )),
+            vec![
+                ("200", "The token"),
+                ("400", "Bad address or CIDR"),
+                ("404", "Unknown token"),
+            ],
+        ),
+        ("POST", "/admin/api/pairing-codes") => (
+            Some(obj(json!({"clientId": ns}), &[])),
+            vec![("201", "A 6-character code"), ("404", "Unknown clientId")],
+        ),
+        ("POST", "/admin/api/pair-requests/{code}/approve")
+        | ("POST", "/admin/api/pair-requests/{code}/deny") => (
+            None,
+            vec![
+                ("200", "The request"),
+                ("404", "Unknown request"),
+                ("409", "Already decided"),
+                ("410", "Expired"),
+            ],
+        ),
+        ("GET", "/admin/api/pair-requests/{code}")
+        | ("DELETE", "/admin/api/keys/{id}")
+        | ("DELETE", "/admin/api/tokens/{id}")
+        | ("DELETE", "/admin/api/worlds/{clientId}") => {
+            (None, vec![("200", "OK"), ("404", "Not found")])
+        }
+        ("PATCH", "/admin/api/worlds/{clientId}") => (
+            Some(obj(
+                json!({"allowedTargets": {"type": "array", "items": {"type": "string", "minLength": 1},
+                        "description": "clientIds of other worlds, or \"*\" (a comma-separated \
+                            string is accepted too); absent: unchanged"},
+                    "remoteScopes": {"type": "array",
+                        "items": {"type": "string", "enum": crate::auth::ALL_SCOPES},
+                        "description": "Scopes cross-world requests may use; absent: unchanged"}}),
+                &[],
+            )),
+            vec![
+                ("200", "The world with its grants"),
+                ("400", "A bad target or scope"),
+                ("404", "Unknown clientId"),
+            ],
+        ),
+        ("GET", "/metrics") => (
+            None,
+            vec![("200", "Prometheus text exposition format 0.0.4")],
+        ),
+        ("POST", "/admin/api/logout") => (None, vec![("204", "Signed out; the cookie is cleared")]),
+        _ => (None, vec![("200", "OK")]),
+    }
 }
 
 fn owner_operation(method: &str, path: &str, summary: &str, auth: OwnerAuth) -> Value {
     let params: Vec<Value> = path
         .split('/')
         .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
-        .map(|n| json!({"name": n, "in": "path", "required": true, "schema": {"type": "string"}}))
+        .map(|n| json!({"name": n, "in": "path", "required": true, "schema": {"type": "string", "minLength": 1}}))
         .collect();
+    let (body, statuses) = owner_shape(method, path);
+    let mut responses = Map::new();
+    for (status, description) in statuses {
+        let r = if status == "204" {
+            json!({"description": description})
+        } else if status.starts_with('2') {
+            if path == "/metrics" {
+                json!({"description": description,
+                    "content": {"text/plain": {"schema": {"type": "string"}}}})
+            } else {
+                json!({"description": description,
+                    "content": {"application/json": {"schema": {"type": "object"}}}})
+            }
+        } else if status == "429" {
+            error_with_header(description, "Retry-After", "RetryAfter")
+        } else {
+            error_response(description)
+        };
+        responses.insert(status.into(), r);
+    }
+    if auth == OwnerAuth::Admin {
+        responses.insert(
+            "401".into(),
+            error_response("Not signed in, or not the admin key"),
+        );
+        responses.insert(
+            "403".into(),
+            error_response("A missing or wrong CSRF token, or a scoped key"),
+        );
+    }
+    insert_transport_errors(&mut responses);
     let mut op = json!({
         "operationId": operation_id(method, path),
         "summary": summary,
-        "tags": [if path.starts_with("/admin/") { "admin" } else { "pairing" }],
-        "responses": {"200": {"description": "OK",
-            "content": {"application/json": {"schema": {"type": "object"}}}}},
+        "tags": [if path.starts_with("/admin/") || path == "/metrics" { "admin" } else { "pairing" }],
+        "responses": responses,
     });
     if !params.is_empty() {
         op["parameters"] = Value::Array(params);
     }
-    if method != "GET" {
-        op["requestBody"] = json!({"required": false,
-            "content": {"application/json": {"schema": {"type": "object"}}}});
+    if let Some(schema) = body {
+        let required = schema.get("required").is_some();
+        op["requestBody"] =
+            json!({"required": required, "content": {"application/json": {"schema": schema}}});
     }
     if auth == OwnerAuth::Admin {
-        op["security"] = json!([{"adminSession": []}]);
+        op["security"] = if path == "/metrics" {
+            json!([{"adminKey": []}, {"adminBearer": []}])
+        } else {
+            json!([{"adminSession": [], "adminCookie": []}, {"adminKey": []}])
+        };
     } else {
         op["security"] = json!([]);
     }
@@ -320,6 +767,10 @@ pub fn openapi(routes: &RouteTable, server: &str) -> Value {
             "responses": {"200": {"description": "OK",
                 "content": {"application/json": {"schema": {"type": "object"}}}}},
         });
+        let mut op = op;
+        if let Some(r) = op["responses"].as_object_mut() {
+            insert_transport_errors(r);
+        }
         insert_op(&mut paths, "GET", path, op);
     }
     for (method, path, summary, auth) in OWNER_ROUTES {
@@ -343,14 +794,46 @@ pub fn openapi(routes: &RouteTable, server: &str) -> Value {
         "components": {
             "securitySchemes": {
                 "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key",
-                    "description": "A scoped API key; each operation names its x-required-scope."},
+                    "description": "A scoped API key (or `Authorization: Bearer <key>`); each \
+                        operation names its x-required-scope."},
                 "adminSession": {"type": "apiKey", "in": "header", "name": "X-CSRF-Token",
-                    "description": "The admin page session: its cookie plus the csrfToken \
-                        returned by POST /admin/api/login."},
+                    "description": "The admin page session: the csrfToken returned by \
+                        POST /admin/api/login, with its session cookie."},
+                "adminCookie": {"type": "apiKey", "in": "cookie", "name": "fvtt_relay_admin",
+                    "description": "The admin session cookie set by POST /admin/api/login."},
+                "adminKey": {"type": "apiKey", "in": "header", "name": "x-api-key",
+                    "description": "The admin key itself."},
+                "adminBearer": {"type": "http", "scheme": "bearer",
+                    "description": "The admin key as a bearer token (Prometheus' \
+                        `authorization` setting)."},
+            },
+            "headers": {
+                "RetryAfter": {"description": "Seconds until a retry may succeed (RFC 9110 §10.2.3)",
+                    "required": true, "schema": {"type": "integer", "minimum": 0}},
+                "Allow": {"description": "The methods the path serves (RFC 9110 §10.2.1)",
+                    "required": true, "schema": {"type": "string"}},
+                "RateLimitLimit": {"description": "Requests allowed per window for this key",
+                    "schema": {"type": "integer", "minimum": 0}},
+                "RateLimitRemaining": {"description": "Requests left in this window",
+                    "schema": {"type": "integer", "minimum": 0}},
+                "RateLimitReset": {"description": "Unix time (s) when the window resets",
+                    "schema": {"type": "integer", "minimum": 0}},
+                "ContentDisposition": {"description": "attachment; filename=... (RFC 6266)",
+                    "schema": {"type": "string"}},
+                "ImageWidth": {"description": "The image's width in pixels, as the module reported it",
+                    "schema": {"type": "number"}},
+                "ImageHeight": {"description": "The image's height in pixels, as the module reported it",
+                    "schema": {"type": "number"}},
             },
             "schemas": {
                 "Error": {"type": "object", "required": ["error"],
                     "properties": {"error": {"type": "string"}}},
+                "SseEvent": {"type": "object", "required": ["data"],
+                    "description": "One server-sent event: `event` is `connected`, \
+                        `world-disconnected`, `reset`, `error` or the world event's type; \
+                        `data` is JSON text.",
+                    "properties": {"event": {"type": "string"}, "data": {"type": "string"},
+                        "id": {"type": "string"}, "retry": {"type": "integer"}}},
             },
         },
     })
@@ -407,7 +890,75 @@ fn ws_payload(ty: &str, params: &str, with_request_id: bool) -> Value {
     json!({"type": "object", "properties": props, "required": required})
 }
 
-/// The AsyncAPI 2.6.0 document for `/ws/api` and `/relay`.
+/// The host part of a server URL (`https://relay.example.com:8443` → `relay.example.com`).
+fn contact_host(server: &str) -> &str {
+    let rest = server.split_once("://").map_or(server, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => authority.split(':').next().unwrap_or(authority),
+    }
+}
+
+/// The `/ws/events` messages (relay/gateway.rs), keyed by component name.
+fn events_messages() -> Vec<(&'static str, Value)> {
+    let ty = |t: &str| json!({"type": "string", "enum": [t]});
+    vec![
+        (
+            "events-subscribe",
+            json!({"name": "subscribe",
+            "summary": "Choose what to receive; may be sent again to change the selection",
+            "payload": {"type": "object", "required": ["type"], "properties": {
+                "type": ty("subscribe"),
+                "events": {"type": "array", "items": {"type": "string", "enum": ["all",
+                    "chat-events", "roll-events", "hooks", "combat-events", "actor-events",
+                    "scene-events", "world-connected", "world-disconnected"]},
+                    "description": "Channels to receive; absent: all"},
+                "client_id": {"type": "string", "maxLength": 128,
+                    "description": "The subscriber's own id (a newer socket with the same id on \
+                        the same key replaces the older, 4001)"},
+                "worlds": {"type": "array", "items": {"type": "string"},
+                    "description": "The worlds (clientIds) to follow; absent: every world the \
+                        key may see"}}}}),
+        ),
+        (
+            "events-ping",
+            json!({"name": "ping",
+            "payload": {"type": "object", "required": ["type"], "properties": {"type": ty("ping")}}}),
+        ),
+        (
+            "events-snapshot",
+            json!({"name": "snapshot",
+            "summary": "The answer to subscribe: the connected worlds this socket follows",
+            "payload": {"type": "object", "required": ["type", "state"], "properties": {
+                "type": ty("snapshot"),
+                "state": {"type": "object", "properties": {
+                    "worlds": {"type": "array", "items": {"type": "object"}}}}}}}),
+        ),
+        (
+            "events-event",
+            json!({"name": "event",
+            "summary": "A world event (chat, roll, hook, combat, actor, scene) or \
+                world-connected / world-disconnected",
+            "payload": {"type": "object", "required": ["type"], "properties": {
+                "type": {"type": "string"}, "clientId": {"type": "string"},
+                "data": {}}}}),
+        ),
+        (
+            "events-error",
+            json!({"name": "error",
+            "payload": {"type": "object", "required": ["type", "error"], "properties": {
+                "type": ty("error"), "error": {"type": "string"}}}}),
+        ),
+        (
+            "events-pong",
+            json!({"name": "pong",
+            "payload": {"type": "object", "required": ["type"], "properties": {"type": ty("pong")}}}),
+        ),
+    ]
+}
+
+/// The AsyncAPI 2.6.0 document for `/ws/events`, `/ws/api` and `/relay`.
 pub fn asyncapi(routes: &RouteTable, server: &str) -> Value {
     let mut messages = Map::new();
     let mut client_refs = Vec::new();
@@ -456,7 +1007,10 @@ pub fn asyncapi(routes: &RouteTable, server: &str) -> Value {
     // messages), and what the module sends back (module-protocol.md §1, §3, §4).
     let mut to_module: Vec<Value> = ["auth-success", "pong", "event-subscription-update"]
         .iter()
-        .map(|t| json!({"name": t, "payload": ws_payload(t, "", false)}))
+        .map(|t| {
+            json!({"name": t, "messageId": format!("relay-to-module-{t}"),
+            "payload": ws_payload(t, "", false)})
+        })
         .collect();
     let mut forwarded: Vec<&str> = routes
         .routes()
@@ -467,7 +1021,8 @@ pub fn asyncapi(routes: &RouteTable, server: &str) -> Value {
     forwarded.sort_unstable();
     forwarded.dedup();
     to_module.extend(forwarded.iter().map(|t| {
-        json!({"name": t, "summary": "A forwarded request; answered with <type>-result",
+        json!({"name": t, "messageId": format!("relay-forward-{t}"),
+            "summary": "A forwarded request; answered with <type>-result",
             "payload": ws_payload(t, "", true)})
     }));
     let from_module: Vec<Value> = [
@@ -486,25 +1041,61 @@ pub fn asyncapi(routes: &RouteTable, server: &str) -> Value {
         ("<type>-result", ""),
     ]
     .iter()
-    .map(|(t, p)| json!({"name": t, "payload": ws_payload(t, p, *t != "auth")}))
+    .map(|(t, p)| {
+        let id: String = t
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        json!({"name": t, "messageId": format!("relay-from-module-{}", id.trim_matches('-')),
+            "payload": ws_payload(t, p, *t != "auth")})
+    })
     .collect();
+    for (key, m) in events_messages() {
+        messages.insert(key.into(), m);
+    }
+    for (key, m) in messages.iter_mut() {
+        m["messageId"] = Value::from(key.as_str());
+    }
+    let events_ref = |k: &str| json!({"$ref": format!("#/components/messages/{k}")});
     json!({
         "asyncapi": "2.6.0",
+        "id": "urn:fvtt-relay:websockets",
+        "defaultContentType": "application/json",
+        "tags": [{"name": "foundry-vtt"}, {"name": "relay"}],
         "info": {
             "title": "fvtt-relay WebSockets",
             "version": env!("CARGO_PKG_VERSION"),
+            "license": {"name": "MIT"},
+            // Whoever runs this relay: its admin page, and the RFC 2142 §3 role mailbox of
+            // the host it is served from.
+            "contact": {"name": "The relay's owner", "url": format!("{server}/admin"),
+                "email": format!("postmaster@{}", contact_host(server))},
             "description": "The client request/subscribe API (/ws/api) and the Foundry module's \
                 world link (/relay). The first message on either must authenticate.",
         },
         "servers": {"relay": {"url": ws_url(server), "protocol": if server.starts_with("https") { "wss" } else { "ws" }}},
         "channels": {
+            "/ws/events": {
+                "description": "Read-only events of the worlds a key may see (one socket, every \
+                    channel). Authenticate on the upgrade (x-api-key, Authorization: Bearer, \
+                    ?token= or the admin session cookie); the first message must be `subscribe` \
+                    within the auth timeout, answered by a `snapshot`. `/ws/events/{clientId}` \
+                    follows one world.",
+                "bindings": {"ws": {"query": {"type": "object",
+                    "properties": {"token": {"type": "string"}}}}},
+                "publish": {"operationId": "eventsSend", "message": {"oneOf": [events_ref("events-subscribe"),
+                    events_ref("events-ping")]}},
+                "subscribe": {"operationId": "eventsReceive", "message": {"oneOf": [events_ref("events-snapshot"),
+                    events_ref("events-event"), events_ref("events-error"),
+                    events_ref("events-pong")]}},
+            },
             "/ws/api": {
                 "description": "Requests to a world and event subscriptions for API clients; \
                     authenticate with {type:'auth', token:<API key>} within the auth timeout.",
                 "bindings": {"ws": {"query": {"type": "object",
                     "properties": {"clientId": {"type": "string"}}}}},
-                "publish": {"message": {"oneOf": client_refs}},
-                "subscribe": {"message": {"oneOf": server_refs}},
+                "publish": {"operationId": "apiSend", "message": {"oneOf": client_refs}},
+                "subscribe": {"operationId": "apiReceive", "message": {"oneOf": server_refs}},
             },
             "/relay": {
                 "description": "The Foundry REST API module's link. Query: id (required), \
@@ -515,8 +1106,8 @@ pub fn asyncapi(routes: &RouteTable, server: &str) -> Value {
                         "worldTitle": {"type": "string"}, "foundryVersion": {"type": "string"},
                         "systemId": {"type": "string"}, "systemTitle": {"type": "string"},
                         "systemVersion": {"type": "string"}, "customName": {"type": "string"}}}}},
-                "publish": {"message": {"oneOf": from_module}},
-                "subscribe": {"message": {"oneOf": to_module}},
+                "publish": {"operationId": "moduleSend", "message": {"oneOf": from_module}},
+                "subscribe": {"operationId": "moduleReceive", "message": {"oneOf": to_module}},
             },
         },
         "components": {"messages": messages},
@@ -554,6 +1145,12 @@ mod tests {
         }
         assert_eq!(ws_url("https://a"), "wss://a");
         assert_eq!(ws_url("http://a:1"), "ws://a:1");
+        assert_eq!(
+            contact_host("https://relay.example.com:8443/x"),
+            "relay.example.com"
+        );
+        assert_eq!(contact_host("http://[::1]:3010"), "::1");
+        assert_eq!(contact_host("http://pi.lan"), "pi.lan");
     }
 
     #[test]

@@ -351,7 +351,7 @@ mod refusal_tests {
             Value::Null,
         );
         assert_eq!(status, 503);
-        assert_eq!(h.relay.owner.sessions.len(), 1);
+        assert_eq!(h.relay.state.admin_sessions.len(), 1);
     }
 
     #[test]

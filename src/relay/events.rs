@@ -16,7 +16,6 @@
 //!   send headers. A key in a URL can end up in proxy logs and browser history: less safe,
 //!   documented as such.
 
-use std::rc::Rc;
 use std::time::Instant;
 
 use serde_json::{json, Value};
@@ -40,6 +39,10 @@ use crate::sse;
 pub(crate) const TOO_MANY_FRAME: &[u8] =
     b"event: error\ndata: {\"error\":\"Too many SSE connections\"}\n\n";
 
+/// Browsers' HTTP/1.1 connections per host (Chromium, Firefox, Safari): not a limit of ours,
+/// the reason for the many-streams hint.
+const BROWSER_CONNECTIONS_PER_HOST: usize = 6;
+
 /// Who a subscriber connection is, for every transport: which key authenticated it (so a
 /// revoked key's connections can be found) and what that key may see.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,6 +58,8 @@ pub(crate) struct Subscriber {
     /// The one world this connection follows; `None` = every world it may see (`/ws/events`)
     /// or none yet (`/ws/api` before a subscribe).
     pub world: Option<String>,
+    /// The browser origin of an SSE stream (its `Origin` header), for the many-streams hint.
+    pub origin: Option<String>,
 }
 
 impl Subscriber {
@@ -71,6 +76,7 @@ impl Subscriber {
             client_ids: caller.client_ids.clone(),
             user_id: caller.user_id.clone(),
             world,
+            origin: None,
         }
     }
 
@@ -144,7 +150,7 @@ impl Relay {
             let conns = if d.transport == Transport::WsEvents && self.gateway.restricted > 0 {
                 d.conns
                     .into_iter()
-                    .filter(|c| self.subs.get(c).is_none_or(|s| s.may_see(world)))
+                    .filter(|c| self.events_may_see(*c, world))
                     .collect()
             } else {
                 d.conns
@@ -206,26 +212,6 @@ impl Relay {
         if let Some(Role::Events) = self.roles.get(&conn) {
             self.events_subscribe_timeout(conn, out);
         }
-    }
-
-    /// End every event stream of a world (it was unpaired): streams end only when the client
-    /// goes, the world is unpaired, or the relay stops. Its ring is dropped too.
-    #[allow(dead_code)] // called when a world is unpaired (owner work)
-    pub(crate) fn end_streams_of_world(&mut self, world: &str, out: &mut Vec<Action>) {
-        let conns: Vec<ConnId> = self
-            .subs
-            .iter()
-            .filter(|(_, s)| s.transport == Transport::Sse && s.world.as_deref() == Some(world))
-            .map(|(c, _)| *c)
-            .collect();
-        for conn in conns {
-            out.push(Action::Close {
-                conn,
-                close: WsClose::NORMAL,
-            });
-            self.forget_subscriber(conn, out);
-        }
-        self.hub.clear_ring(world);
     }
 
     // ------------------------------------------------------------------ auth
@@ -323,6 +309,33 @@ impl Relay {
 
     // ------------------------------------------------------------------ SSE routes
 
+    /// A browser allows six HTTP/1.1 connections per host; one EventSource per SSE route uses
+    /// them all and the page's own `fetch`es then hang. On the seventh stream of one key from
+    /// one browser origin, say so (once per stream past six) and point at `/ws/events`.
+    fn hint_many_streams(&self, new: &Subscriber) {
+        let Some(origin) = new.origin.as_deref() else {
+            return;
+        };
+        let open = self
+            .subs
+            .values()
+            .filter(|s| {
+                s.transport == Transport::Sse
+                    && s.origin.as_deref() == Some(origin)
+                    && s.key_id == new.key_id
+            })
+            .count();
+        if open + 1 > BROWSER_CONNECTIONS_PER_HOST {
+            let key = new.key_id.as_deref().unwrap_or("the admin key");
+            log::warn!(
+                "{} SSE streams for {key} from {origin}: a browser holds at most {BROWSER_CONNECTIONS_PER_HOST} \
+                 HTTP/1.1 connections to a host, so that page's other requests will hang; \
+                 a browser app should use one /ws/events WebSocket for every channel (README, \"Browser apps\")",
+                open + 1
+            );
+        }
+    }
+
     /// One of the six `GET /<x>/subscribe` routes, after key auth and the scope check.
     pub(crate) fn sse_route(
         &mut self,
@@ -358,10 +371,14 @@ impl Relay {
             headers: sse_headers(),
         });
         if self.hub.sse_count(&world, channel) >= self.cfg.sse_max_per_channel {
-            // The reference's answer: 200, one error frame, end (relay-protocol.md §3.3).
+            // The reference's answer: 200, one error frame, end (relay-protocol.md §3.3). A
+            // long `retry:` first: EventSource reconnects after a stream ends, by default
+            // every few seconds, forever (WHATWG HTML §9.2.3); this makes it back off.
+            let mut bytes = sse::retry(self.cfg.sse_refused_retry.as_millis() as u64);
+            bytes.extend_from_slice(TOO_MANY_FRAME);
             out.push(Action::SseWrite {
                 conns: vec![conn],
-                bytes: Rc::from(TOO_MANY_FRAME),
+                bytes: bytes.into(),
             });
             out.push(Action::Close {
                 conn,
@@ -376,10 +393,10 @@ impl Relay {
                 .subscribe_sse(conn, &world, channel, filters, caller.user_id.as_deref());
         self.roles.insert(conn, Role::Sse);
         let key_id = self.key_id_of(&caller.principal);
-        self.subs.insert(
-            conn,
-            Subscriber::new(Transport::Sse, caller, key_id, Some(world.clone())),
-        );
+        let mut subscriber = Subscriber::new(Transport::Sse, caller, key_id, Some(world.clone()));
+        subscriber.origin = head.header("origin").map(str::to_owned);
+        self.hint_many_streams(&subscriber);
+        self.subs.insert(conn, subscriber);
         let actor = (channel == Channel::Actor).then(|| get("actorUuid").unwrap_or(""));
         let mut first = sse::retry(self.cfg.sse_retry.as_millis() as u64);
         first.extend(connected_frame(&world, actor));
@@ -474,6 +491,8 @@ pub(crate) mod harness {
         pub now: Instant,
         /// The full-scope key, then keys made with `key`.
         pub api_key: String,
+        /// The relay's admin key (the admin API accepts it as `X-API-Key`).
+        pub admin_key: String,
         pub token: String,
         pub other_token: String,
         /// What the relay saved, and a knob to make saves fail (relay/durable.rs).
@@ -513,7 +532,7 @@ pub(crate) mod harness {
             let t0 = Instant::now();
             let base_ms = 1_780_000_000_000;
             let mut state = State::default();
-            let _ = state.ensure_admin_key();
+            let admin_key = state.ensure_admin_key().unwrap_or_default();
             let (_, token) = state.create_connection_token(WORLD, base_ms);
             let (_, other_token) = state.create_connection_token(OTHER, base_ms);
             for id in [WORLD, OTHER] {
@@ -529,6 +548,7 @@ pub(crate) mod harness {
                 relay,
                 now: t0,
                 api_key: String::new(),
+                admin_key,
                 token,
                 other_token,
                 disk,
@@ -842,7 +862,14 @@ mod tests {
             assert!(close_of(&out, c).is_none());
         }
         let (c, out) = h.sse(&target);
-        assert_eq!(bytes_to(&out, c), String::from_utf8_lossy(TOO_MANY_FRAME));
+        // A long retry first, so a browser's EventSource backs off (60 s by default).
+        assert_eq!(
+            bytes_to(&out, c),
+            format!(
+                "retry: 60000\n\n{}",
+                String::from_utf8_lossy(TOO_MANY_FRAME)
+            )
+        );
         assert!(close_of(&out, c).is_some());
         // Another channel of the same world is not affected.
         let (c, out) = h.sse(&format!("/chat/subscribe?clientId={WORLD}"));
@@ -923,7 +950,10 @@ mod tests {
         let (other, _) = h.sse(&format!("/scene/subscribe?clientId={OTHER}"));
         let mut out = Vec::new();
         h.relay.end_streams_of_world(WORLD, &mut out);
-        assert!(close_of(&out, sse).is_some());
+        assert_eq!(close_of(&out, sse), Some((1008, "World unpaired".into())));
+        assert!(
+            bytes_to(&out, sse).ends_with("event: error\ndata: {\"error\":\"World unpaired\"}\n\n")
+        );
         assert!(close_of(&out, other).is_none());
     }
 
@@ -955,6 +985,7 @@ mod tests {
             client_ids: vec!["a".into()],
             user_id: None,
             world: None,
+            origin: None,
         };
         assert!(s.may_see("a") && !s.may_see("b"));
     }

@@ -66,6 +66,21 @@ const CANVAS_TYPES: &[(&str, &str)] = &[
     ("regions", "Region"),
 ];
 
+/// The valid canvas `documentType` path segments, in the reference's order (for the API
+/// document's `enum`).
+pub fn canvas_document_types() -> impl Iterator<Item = &'static str> {
+    CANVAS_TYPES.iter().map(|(t, _)| *t)
+}
+
+/// The route's "one of these is required" rule, by module type: the names (any one of which
+/// satisfies it) and the reference's message. Checked here and described in `/openapi.json`.
+pub fn one_of_rule(ws_type: &str) -> Option<(&'static [&'static str], &'static str)> {
+    ONE_OF
+        .iter()
+        .find(|(t, _, _)| *t == ws_type)
+        .map(|(_, names, message)| (*names, *message))
+}
+
 /// Canvas `documentType` → `className` (tokens → Token, …, regions → Region).
 pub fn canvas_class_name(document_type: &str) -> Option<&'static str> {
     CANVAS_TYPES
@@ -311,9 +326,9 @@ fn parse_number(s: &str) -> Option<Value> {
 /// The route-specific checks and additions of relay-protocol.md §2.2 step 4 and routes.tsv notes.
 fn validate(route: &Route, params: &mut Map<String, Value>) -> Result<(), ParamError> {
     let ws_type = route.ws_type.as_str();
-    if let Some((_, names, message)) = ONE_OF.iter().find(|(t, _, _)| *t == ws_type) {
+    if let Some((names, message)) = one_of_rule(ws_type) {
         if !names.iter().any(|n| params.contains_key(*n)) {
-            return Err(ParamError::bad_request(*message));
+            return Err(ParamError::bad_request(message));
         }
     }
     let is_canvas = route
@@ -326,7 +341,7 @@ fn validate(route: &Route, params: &mut Map<String, Value>) -> Result<(), ParamE
             .and_then(Value::as_str)
             .and_then(canvas_class_name);
         let Some(class) = class else {
-            let valid: Vec<&str> = CANVAS_TYPES.iter().map(|(t, _)| *t).collect();
+            let valid: Vec<&str> = canvas_document_types().collect();
             return Err(ParamError {
                 status: 400,
                 body: json!({
@@ -519,9 +534,11 @@ fn json_reply(text: &[u8]) -> Reply {
     reply(status, text.to_vec())
 }
 
+/// relay-protocol.md §2.4: 400 only when the top-level `error` is a JSON string (even
+/// empty); `false`, `0`, an object or null leave it 200.
 fn status_of(value: &Value) -> u16 {
     match value.get("error") {
-        Some(e) if !e.is_null() => 400,
+        Some(Value::String(_)) => 400,
         _ => 200,
     }
 }
@@ -559,8 +576,9 @@ fn scrub(value: &mut Value) -> bool {
     }
 }
 
-/// Whether the top level of a JSON text is an object with a non-null `error`, found without
-/// building the document: values are skipped with `IgnoredAny`.
+/// Whether the top level of a JSON text is an object whose `error` is a string (§2.4), found
+/// without building the document: other values are skipped with `IgnoredAny`, and only the
+/// `error` value itself is parsed.
 struct TopLevelError(bool);
 
 impl<'de> Deserialize<'de> for TopLevelError {
@@ -575,7 +593,7 @@ impl<'de> Deserialize<'de> for TopLevelError {
                 let mut found = false;
                 while let Some(key) = map.next_key::<IsErrorKey>()? {
                     if key.0 {
-                        found |= map.next_value::<Option<IgnoredAny>>()?.is_some();
+                        found = map.next_value::<Value>()?.is_string();
                     } else {
                         map.next_value::<IgnoredAny>()?;
                     }
@@ -764,6 +782,21 @@ fn media_type(s: &str) -> Option<&str> {
                 .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
     };
     (token(t) && token(sub) && s.len() <= 127).then_some(s)
+}
+
+/// A forwarded route's request body (relay-protocol.md §2.2 step 1), for every method but
+/// GET. A JSON `null` is no body. When the body is declared JSON (or has no Content-Type) it
+/// must be a JSON object: malformed JSON or another JSON value is a 400, never silently
+/// forwarded without its fields. A body of another media type is ignored unless it happens to
+/// be a JSON object, as the reference's JSON body parser does.
+pub fn parse_json_body(body: &[u8], declared_json: bool) -> Result<Option<Value>, String> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Null) => Ok(None),
+        Ok(v @ Value::Object(_)) => Ok(Some(v)),
+        Ok(_) if declared_json => Err("The request body must be a JSON object".to_string()),
+        Err(e) if declared_json => Err(format!("Invalid JSON body: {e}")),
+        _ => Ok(None),
+    }
 }
 
 /// Whether an `/upload` body is JSON: the reference reads JSON when `Content-Type` starts with
@@ -1132,11 +1165,16 @@ mod tests {
             (r#"{"type":"roll-result","requestId":"x","success":false,"error":"Failed to roll formula: x"}"#, 400),
             (r#"{"type":"roll-result","requestId":"x","error":""}"#, 400),
             (r#"{"type":"roll-result","requestId":"x","error":null}"#, 200),
-            (r#"{"type":"roll-result","requestId":"x","error":{"code":1}}"#, 400),
+            // §2.4: only a string `error` makes it 400 (a contract fuzzer found these).
+            (r#"{"type":"roll-result","requestId":"x","error":{"code":1}}"#, 200),
+            (r#"{"type":"roll-result","requestId":"x","error":false}"#, 200),
+            (r#"{"type":"roll-result","requestId":"x","error":0}"#, 200),
+            (r#"{"type":"roll-result","requestId":"x","error":["a"]}"#, 200),
             (r#"{"type":"roll-result", "success" : false}"#, 200),
             (r#"[1,2]"#, 200),
             (r#"not json"#, 200),
             (r#"{"a":"\u0041","error":"x"}"#, 400),
+            (r#"{"a":"\u0041","error":false}"#, 200),
         ];
         for (text, status) in cases {
             let reply = reply_to_http(&r, &[], text.as_bytes());

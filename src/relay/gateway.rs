@@ -16,9 +16,13 @@
 //! nothing (RFC 6455 §10.2). Frame size (1009), the send-queue cap (slow consumer, 1008) and
 //! control pings are enforced by the loop from `Endpoint::Events` (conn.rs `ws_settings`).
 //!
-//! `client_id` in `subscribe` names the world to follow, like `/ws/events/{clientId}`; one
-//! named that way is "the same client_id" for the replacement rule (close 4001). A socket
-//! following every world is never replaced: two dashboards may share a key.
+//! `client_id` in `subscribe` is **the subscriber's own id**, as the seed gateway clients send
+//! it (`"client_id":"python-example"`): any string of 1 to 128 characters, generated
+//! (`events_<16 hex>`) when omitted, and returned in the snapshot. A newer socket with the same
+//! `client_id` on the same key closes the older with 4001 "Replaced by a newer connection"
+//! (the seed gateway's rule); sockets without one are never replaced, so two dashboards may
+//! share a key. The worlds to follow come from the path (`/ws/events/{clientId}`) or from
+//! `"worlds":["fvtt_…",…]` in `subscribe` (empty or absent: every world the key may see).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -52,20 +56,29 @@ const FIRST_NOT_SUBSCRIBE: WsClose = WsClose::new(4000, "First message must be s
 const BAD_SUBSCRIPTION: WsClose = WsClose::new(4000, "Invalid subscription");
 const REPLACED: WsClose = WsClose::new(4001, "Replaced by a newer connection");
 
-/// Replacement key: (API key id, `None` for the admin; world clientId).
+/// Replacement key: (API key id, `None` for the admin; the subscriber's `client_id`).
 type Owner = (Option<String>, String);
+
+/// The longest `client_id` a subscriber may give itself.
+const MAX_CLIENT_ID_CHARS: usize = 128;
 
 /// One `/ws/events` socket.
 #[derive(Debug)]
 struct Socket {
-    /// The world it follows (from the path, the key's single world, or `client_id`);
-    /// `None` = every world the key may see.
+    /// The one world it follows (from the path, the key's single world, or a one-entry
+    /// `worlds`); `None` = every world in `worlds`, or every world the key may see.
     world: Option<String>,
-    /// The world came from the path or `client_id`: the socket takes part in replacement.
-    named: bool,
+    /// The world came from the path: `worlds` in `subscribe` may not change it.
+    from_path: bool,
+    /// Two or more worlds chosen with `worlds` (the hub follows every world; deliveries and
+    /// the snapshot are filtered to these).
+    worlds: Vec<String>,
     subscribed: bool,
-    /// Follows every world with a key bound to some: deliveries need the key filter.
+    /// Follows every world while the key, or `worlds`, allows only some: deliveries need the
+    /// filter (`may_see`).
     restricted: bool,
+    /// The subscriber's `client_id` (given or generated), once subscribed.
+    client_id: Option<String>,
     owner: Option<Owner>,
 }
 
@@ -115,12 +128,34 @@ impl Relay {
     /// empty body)` for a browser origin outside `allowed_ws_origins` (empty list: same
     /// origin only). No `Origin` (bots, scripts) passes: the token protects those.
     pub(crate) fn ws_origin_refusal(&self, head: &Head) -> Option<Response> {
-        let ok = origin_allowed(
-            head.header("origin"),
-            head.header("host"),
-            &self.cfg.allowed_ws_origins,
+        let origin = head.header("origin");
+        let host = head.header("host");
+        if origin_allowed(origin, host, &self.cfg.allowed_ws_origins) {
+            return None;
+        }
+        // The relay's public address is its own origin too (a proxy may rewrite Host).
+        let public = self.cfg.public_url.as_deref().map(|u| {
+            let u = u.trim_end_matches('/');
+            let scheme_end = u.find("://").map_or(0, |i| i + 3);
+            let end = u[scheme_end..]
+                .find('/')
+                .map_or(u.len(), |i| scheme_end + i);
+            u[..end].to_string()
+        });
+        if let Some(p) = public {
+            if origin_allowed(origin, None, std::slice::from_ref(&p)) {
+                return None;
+            }
+        }
+        // The page gets an empty 403 (RFC 6455 §10.2); the owner gets the reason here.
+        log::info!(
+            "refused a WebSocket upgrade to {} from browser origin {:?} (Host {:?}): not \
+             same-origin and not in --allowed-ws-origins",
+            head.path,
+            origin.unwrap_or(""),
+            host.unwrap_or("")
         );
-        (!ok).then(|| Response::new(403))
+        Some(Response::new(403))
     }
 
     /// Count one WebSocket upgrade from `peer`: `Some(429 …)` with `Retry-After` when over
@@ -168,7 +203,7 @@ impl Relay {
             let msg = format!("API key lacks required scope: {EVENTS_SCOPE}");
             return refuse(out, gateway_error(403, &msg));
         }
-        let (world, named) = match path_world {
+        let (world, from_path) = match path_world {
             Some(w) => {
                 if !caller.client_ids.is_empty() && !caller.client_ids.contains(&w) {
                     let msg = "API key is not authorized for this client";
@@ -194,9 +229,11 @@ impl Relay {
             conn,
             Socket {
                 world,
-                named,
+                from_path,
+                worlds: Vec::new(),
                 subscribed: false,
                 restricted: false,
+                client_id: None,
                 owner: None,
             },
         );
@@ -267,38 +304,84 @@ impl Relay {
             Ok(s) => s,
             Err(e) => return self.events_refuse(conn, first, e, out),
         };
+        // The subscriber's own id (seed gateway clients: "python-example").
         let requested = match msg.get("client_id") {
             None | Some(Value::Null) => None,
-            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= MAX_CLIENT_ID_CHARS => {
+                Some(s.clone())
+            }
             Some(_) => {
-                let e = "'client_id' must be a non-empty string";
+                let e = "'client_id' must be a string of 1 to 128 characters";
                 return self.events_refuse(conn, first, e, out);
             }
         };
-        let (mut world, mut named) = (sock.world.clone(), sock.named);
-        if let Some(r) = requested {
-            if world.as_deref() == Some(r.as_str()) {
-                named = true;
-            } else if !first {
+        if let (Some(r), Some(had)) = (&requested, &sock.client_id) {
+            if r != had {
                 let e = "client_id cannot change on an open connection; open a new one";
                 return self.events_refuse(conn, first, e, out);
-            } else if sock.named {
-                let e = "client_id does not match the world in the URL";
-                return self.events_refuse(conn, first, e, out);
-            } else if !sub.may_see(&r) {
-                let e = "API key is not authorized for this client";
-                return self.events_refuse(conn, first, e, out);
-            } else if !self.world_known(&r) {
-                return self.events_refuse(conn, first, "Unknown client_id", out);
-            } else {
-                world = Some(r);
-                named = true;
             }
         }
-        let restricted = world.is_none() && !sub.client_ids.is_empty();
-        let owner = (named && first)
-            .then(|| world.clone().map(|w| (sub.key_id.clone(), w)))
-            .flatten();
+        // The worlds to follow: `worlds` (absent or empty: every world the key may see).
+        let chosen: Option<Vec<String>> = match msg.get("worlds") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(list)) => {
+                let mut v: Vec<String> = Vec::with_capacity(list.len());
+                for w in list {
+                    match w.as_str() {
+                        Some(w) if !w.is_empty() => {
+                            if !v.iter().any(|x| x == w) {
+                                v.push(w.to_owned());
+                            }
+                        }
+                        _ => {
+                            let e = "'worlds' must be an array of clientIds";
+                            return self.events_refuse(conn, first, e, out);
+                        }
+                    }
+                }
+                Some(v)
+            }
+            Some(_) => {
+                let e = "'worlds' must be an array of clientIds";
+                return self.events_refuse(conn, first, e, out);
+            }
+        };
+        let (mut world, mut worlds) = (sock.world.clone(), sock.worlds.clone());
+        if let Some(list) = chosen {
+            if sock.from_path {
+                if list.iter().any(|w| Some(w) != sock.world.as_ref()) {
+                    let e = "worlds does not match the world in the URL";
+                    return self.events_refuse(conn, first, e, out);
+                }
+            } else {
+                for w in &list {
+                    if !sub.may_see(w) {
+                        let e = "API key is not authorized for this client";
+                        return self.events_refuse(conn, first, e, out);
+                    }
+                    if !self.world_known(w) {
+                        let e = format!("Unknown client ID: {w}");
+                        return self.events_refuse(conn, first, &e, out);
+                    }
+                }
+                (world, worlds) = match list.as_slice() {
+                    [] => match sub.client_ids.as_slice() {
+                        [one] => (Some(one.clone()), Vec::new()),
+                        _ => (None, Vec::new()),
+                    },
+                    [one] => (Some(one.clone()), Vec::new()),
+                    _ => (None, list),
+                };
+            }
+        }
+        let client_id = sock
+            .client_id
+            .clone()
+            .or(requested.clone())
+            .unwrap_or_else(|| format!("events_{}", crate::ids::random_hex(8)));
+        let restricted = world.is_none() && (!sub.client_ids.is_empty() || !worlds.is_empty());
+        // Only an id the subscriber chose takes part in replacement.
+        let owner = (first && requested.is_some()).then(|| (sub.key_id.clone(), client_id.clone()));
         let user = sub.user_id.clone();
         let (_, updates) =
             self.hub
@@ -316,9 +399,10 @@ impl Relay {
                 }
             }
             s.world = world;
-            s.named = named;
+            s.worlds = worlds;
             s.subscribed = true;
             s.restricted = restricted;
+            s.client_id = Some(client_id);
             if let Some(o) = owner {
                 s.owner = Some(o.clone());
                 replaced = self.gateway.owners.insert(o, conn).filter(|c| *c != conn);
@@ -337,17 +421,57 @@ impl Relay {
         });
     }
 
-    /// `{"type":"snapshot","state":{"worlds":[…]}}`: the connected worlds this socket follows
-    /// and may see, with their metadata and last sequence number, sorted by clientId.
+    /// Whether gateway socket `conn` takes `world`'s events: its key may see the world and,
+    /// when it chose several worlds, the world is one of them.
+    pub(crate) fn events_may_see(&self, conn: ConnId, world: &str) -> bool {
+        self.subs.get(&conn).is_none_or(|s| s.may_see(world))
+            && self
+                .gateway
+                .socks
+                .get(&conn)
+                .is_none_or(|s| s.worlds.is_empty() || s.worlds.iter().any(|w| w == world))
+    }
+
+    /// `world` was unpaired: gateway sockets that chose it among several worlds stop
+    /// following it; one left with none is closed (revoke.rs closes the single-world ones).
+    pub(crate) fn gateway_drop_world(
+        &mut self,
+        world: &str,
+        close: WsClose,
+        out: &mut Vec<Action>,
+    ) {
+        let mut emptied = Vec::new();
+        for (conn, s) in self.gateway.socks.iter_mut() {
+            if s.worlds.iter().any(|w| w == world) {
+                s.worlds.retain(|w| w != world);
+                if s.worlds.is_empty() {
+                    emptied.push(*conn);
+                }
+            }
+        }
+        emptied.sort();
+        for conn in emptied {
+            self.events_close(conn, close.clone(), out);
+        }
+    }
+
+    /// `{"type":"snapshot","client_id":…,"state":{"worlds":[…]}}`: the subscriber's id, and
+    /// the connected worlds this socket follows and may see, with their metadata and last
+    /// sequence number, sorted by clientId.
     fn snapshot(&self, conn: ConnId) -> Value {
         let sub = self.subs.get(&conn);
         let world = sub.and_then(|s| s.world.as_deref());
+        let client_id = self
+            .gateway
+            .socks
+            .get(&conn)
+            .and_then(|s| s.client_id.clone());
         let mut worlds: Vec<Value> = self
             .worlds
             .iter()
             .filter(|l| {
                 let id = l.meta.client_id.as_str();
-                world.is_none_or(|w| w == id) && sub.is_some_and(|s| s.may_see(id))
+                world.is_none_or(|w| w == id) && sub.is_some() && self.events_may_see(conn, id)
             })
             .map(|l| {
                 let mut v = l.to_json();
@@ -356,7 +480,7 @@ impl Relay {
             })
             .collect();
         worlds.sort_by(|a, b| a["clientId"].as_str().cmp(&b["clientId"].as_str()));
-        json!({"type": "snapshot", "state": {"worlds": worlds}})
+        json!({"type": "snapshot", "client_id": client_id, "state": {"worlds": worlds}})
     }
 
     /// Drop the gateway's record of `conn` (idempotent).
@@ -593,17 +717,25 @@ mod tests {
         assert!(out.is_empty(), "nothing else has an effect");
     }
 
+    fn snapshot_of(out: &[Action], conn: ConnId) -> Value {
+        let text = bytes_to(out, conn);
+        let line = text.lines().find(|l| l.contains(r#""type":"snapshot""#));
+        serde_json::from_str(line.unwrap_or("null")).unwrap_or_default()
+    }
+
     #[test]
-    fn same_key_and_world_replaces_the_older_socket() {
+    fn same_key_and_client_id_replaces_the_older_socket() {
         let mut h = H::new(Config::default());
         let (link, _) = h.world_online(WORLD);
+        // The seed gateway's shape: client_id is the subscriber's own id, not a world.
+        let seed = r#"{"type":"subscribe","client_id":"python-example","events":["hooks"]}"#;
         let first = open(&mut h, "/ws/events");
-        h.text(
-            first,
-            &format!(r#"{{"type":"subscribe","client_id":"{WORLD}","events":["hooks"]}}"#),
-        );
-        let second = open(&mut h, &format!("/ws/events/{WORLD}"));
-        let out = h.text(second, &sub_msg(r#"["hooks"]"#));
+        let out = h.text(first, seed);
+        let snap = snapshot_of(&out, first);
+        assert_eq!(snap["client_id"], "python-example");
+        assert_eq!(snap["state"]["worlds"][0]["clientId"], WORLD, "every world");
+        let second = open(&mut h, "/ws/events");
+        let out = h.text(second, seed);
         assert_eq!(
             close_of(&out, first),
             Some((4001, "Replaced by a newer connection".into()))
@@ -613,18 +745,104 @@ mod tests {
             counts_to(&out, link),
             vec![("hooks".to_owned(), 2), ("hooks".to_owned(), 1)]
         );
-        // A wildcard socket of the same key is not replaced.
-        let wild = open(&mut h, "/ws/events");
-        h.text(wild, &sub_msg("[]"));
-        let third = open(&mut h, &format!("/ws/events/{WORLD}"));
-        let out = h.text(third, &sub_msg("[]"));
-        assert!(close_of(&out, wild).is_none());
-        assert!(close_of(&out, second).is_some());
-        // A different key for the same world is not replaced either.
+        // Without a client_id: one is generated and returned, and nothing is replaced.
+        let anon = open(&mut h, "/ws/events");
+        let out = h.text(anon, &sub_msg("[]"));
+        let id = snapshot_of(&out, anon)["client_id"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        assert!(id.starts_with("events_") && id.len() == 23, "{id}");
+        let anon2 = open(&mut h, &format!("/ws/events/{WORLD}"));
+        let out = h.text(anon2, &sub_msg("[]"));
+        assert!(close_of(&out, anon).is_none());
+        assert!(close_of(&out, second).is_none());
+        assert_ne!(snapshot_of(&out, anon2)["client_id"], id.as_str());
+        // A different key with the same client_id is not replaced either.
         h.api_key = h.key(&["events:subscribe"], &[], None);
-        let other_key = open(&mut h, &format!("/ws/events/{WORLD}"));
-        let out = h.text(other_key, &sub_msg("[]"));
-        assert!(close_of(&out, third).is_none());
+        let other_key = open(&mut h, "/ws/events");
+        let out = h.text(other_key, seed);
+        assert!(close_of(&out, second).is_none());
+        // client_id cannot change on an open socket; a re-subscribe may repeat it.
+        let out = h.text(
+            second,
+            r#"{"type":"subscribe","client_id":"other","events":[]}"#,
+        );
+        assert!(bytes_to(&out, second).contains("cannot change"));
+        assert!(close_of(&out, second).is_none());
+        let out = h.text(second, seed);
+        assert_eq!(snapshot_of(&out, second)["client_id"], "python-example");
+    }
+
+    #[test]
+    fn client_id_rules() {
+        let mut h = H::new(Config::default());
+        let long = "x".repeat(129);
+        let ok_long = "é".repeat(128);
+        for (id, ok) in [
+            (json!(""), false),
+            (json!(7), false),
+            (json!(long), false),
+            (json!(ok_long), true),
+            (json!(WORLD), true),
+        ] {
+            let s = open(&mut h, "/ws/events");
+            let msg = json!({"type": "subscribe", "client_id": id, "events": []});
+            let out = h.text(s, &msg.to_string());
+            assert_eq!(close_of(&out, s).is_none(), ok, "{id}");
+        }
+    }
+
+    #[test]
+    fn worlds_field_chooses_the_worlds() {
+        let mut h = H::new(Config::default());
+        let (wl, _) = h.world_online(WORLD);
+        let (ol, _) = h.world_online(OTHER);
+        let ev = json!({"type": "hook-event", "data": {"hook": "x", "args": []}}).to_string();
+        // One world.
+        let one = open(&mut h, "/ws/events");
+        let msg = json!({"type": "subscribe", "worlds": [OTHER], "events": ["hooks"]});
+        let out = h.text(one, &msg.to_string());
+        let snap = snapshot_of(&out, one);
+        assert_eq!(snap["state"]["worlds"].as_array().map(Vec::len), Some(1));
+        assert_eq!(snap["state"]["worlds"][0]["clientId"], OTHER);
+        assert_eq!(bytes_to(&h.text(wl, &ev), one), "");
+        assert!(bytes_to(&h.text(ol, &ev), one).contains(r#""type":"x""#));
+        // Both, as a list: both deliver.
+        let both = open(&mut h, "/ws/events");
+        let msg = json!({"type": "subscribe", "worlds": [WORLD, OTHER], "events": ["hooks"]});
+        let out = h.text(both, &msg.to_string());
+        assert_eq!(
+            snapshot_of(&out, both)["state"]["worlds"]
+                .as_array()
+                .map(Vec::len),
+            Some(2)
+        );
+        assert!(bytes_to(&h.text(wl, &ev), both).contains(r#""type":"x""#));
+        assert!(bytes_to(&h.text(ol, &ev), both).contains(r#""type":"x""#));
+        // Refusals: unknown world, not a list, a world other than the path's.
+        for (target, worlds, want) in [
+            ("/ws/events", json!(["fvtt_nope"]), "Unknown client ID"),
+            ("/ws/events", json!(WORLD), "must be an array"),
+            (
+                &format!("/ws/events/{WORLD}")[..],
+                json!([OTHER]),
+                "does not match",
+            ),
+        ] {
+            let s = open(&mut h, target);
+            let msg = json!({"type": "subscribe", "worlds": worlds, "events": []});
+            let out = h.text(s, &msg.to_string());
+            assert!(bytes_to(&out, s).contains(want), "{target} {worlds}");
+            assert_eq!(close_of(&out, s).map(|c| c.0), Some(4000));
+        }
+        // Unpairing one of two chosen worlds leaves the other; the last one closes it.
+        let mut out = Vec::new();
+        h.relay.end_streams_of_world(OTHER, &mut out);
+        assert!(close_of(&out, both).is_none());
+        assert_eq!(close_of(&out, one), Some((1008, "World unpaired".into())));
+        h.relay.end_streams_of_world(WORLD, &mut out);
+        assert_eq!(close_of(&out, both), Some((1008, "World unpaired".into())));
     }
 
     #[test]

@@ -127,6 +127,8 @@ pub struct EventSelection {
     channels: u8,
     pub world_connected: bool,
     pub world_disconnected: bool,
+    /// The module's `module-notify` notices (a setting changed, …).
+    pub module_notify: bool,
 }
 
 impl EventSelection {
@@ -136,6 +138,7 @@ impl EventSelection {
             channels: Channel::ALL.iter().fold(0, |m, c| m | c.bit()),
             world_connected: true,
             world_disconnected: true,
+            module_notify: true,
         }
     }
 
@@ -154,7 +157,8 @@ impl EventSelection {
     }
 
     /// Parse a subscription list: absent or `null` → all; an array of channel names,
-    /// `"world-connected"`, `"world-disconnected"` or `"all"` → their union; `[]` → nothing.
+    /// `"world-connected"`, `"world-disconnected"`, `"module-notify"` or `"all"` → their union;
+    /// `[]` → nothing.
     pub fn parse(list: Option<&Value>) -> Result<Self, &'static str> {
         let items = match list {
             None | Some(Value::Null) => return Ok(EventSelection::all()),
@@ -170,11 +174,12 @@ impl EventSelection {
                 "all" => sel = EventSelection::all(),
                 "world-connected" => sel.world_connected = true,
                 "world-disconnected" => sel.world_disconnected = true,
+                "module-notify" => sel.module_notify = true,
                 _ => {
                     let ch = Channel::from_name(name).ok_or(
                         "Unknown event name. Supported: all, chat-events, roll-events, hooks, \
                          combat-events, actor-events, scene-events, world-connected, \
-                         world-disconnected",
+                         world-disconnected, module-notify",
                     )?;
                     sel = sel.with(ch);
                 }
@@ -1000,6 +1005,26 @@ impl Hub {
         });
         self.gc_world(world);
         out
+    }
+
+    /// A `module-notify` from `world` (module-protocol.md §5: `{event, details, actor,
+    /// world}`) for the `/ws/events` sockets that asked for it: `{"type":"module-notify",
+    /// "clientId","timestamp","data"}`. Not sequenced or ringed: a notice, not a world event.
+    pub fn module_notice(&self, world: &str, data: &Value, now_ms: u64) -> Vec<Delivery> {
+        let mut conns: [Vec<ConnId>; 3] = Default::default();
+        for (_, sub) in self.subs_for_world(world) {
+            if sub.transport == Transport::WsEvents && sub.channels.module_notify {
+                conns[transport_index(sub.transport)].push(sub.conn);
+            }
+        }
+        self.deliveries(conns, |_| {
+            format!(
+                r#"{{"type":"module-notify","clientId":{},"timestamp":{now_ms},"data":{data}}}"#,
+                json_str(world)
+            )
+            .into_bytes()
+            .into()
+        })
     }
 
     /// The events after `after` that `sub` would have received, encoded for its transport,
@@ -1976,6 +2001,13 @@ mod tests {
                 Ok(EventSelection::none()
                     .with(Channel::Hooks)
                     .with(Channel::Scene)),
+            ),
+            (
+                Some(json!(["module-notify"])),
+                Ok(EventSelection {
+                    module_notify: true,
+                    ..EventSelection::none()
+                }),
             ),
             (
                 Some(json!(["world-connected", "chat-events"])),

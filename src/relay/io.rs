@@ -59,6 +59,13 @@ pub enum Input<'a> {
     /// A control frame (ping or pong) arrived on a world link: it is alive even when the
     /// module has nothing to say (the duplicate-id rule uses this).
     Alive { conn: ConnId },
+    /// A world link's peer sent its close frame (RFC 6455 §5.5.1): its code and reason, for
+    /// the world's link history. `Closed` follows when the connection is gone.
+    PeerClose {
+        conn: ConnId,
+        code: Option<u16>,
+        reason: String,
+    },
     /// A connection the relay has seen is gone (client left, closed, or dropped by a limit).
     Closed { conn: ConnId },
     /// A relay timer armed with `Action::Arm` is due.

@@ -1,14 +1,16 @@
 //! The `/relay` world link: the Foundry module's side of the wire (module-protocol.md).
 //!
 //! ```text
-//!  upgrade (query: id + metadata) ─▶ ModuleAuth ──auth ok, no duplicate──▶ Module ──close──▶ gone
+//!  upgrade (query: id + metadata) ─▶ ModuleAuth ──auth ok, no live link──▶ Module ──close──▶ gone
 //!                                        │  └─ bad message / token / timeout ─▶ close 4002
-//!                                        └─ duplicate from another host ─────▶ close 4004
+//!                                        └─ the clientId has a live link ──▶ close 4004
+//!                                           (a link that missed its pings is replaced: 1001)
 //! ```
 //!
 //! Close codes are a contract with the module (module-protocol.md §1.6): 1008/4001/4002 make
 //! it forget its token, 1000 stops it for good, 4004 makes it poll every 30 s. So refusals of
-//! a token use 4002, and transient conditions (shutdown, overload) never use those codes.
+//! a token use 4002, transient conditions (shutdown, overload) never use those codes, and no
+//! path closes a world link with 1000 (`no_close_of_a_world_link_is_1000` drives them all).
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -18,6 +20,7 @@ use log::{debug, info};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::history::{By, LinkEvent};
 use super::io::{Action, Bytes, Endpoint, Timer};
 use super::pending::{Caller, Waiter};
 use super::world::{Duplicate, Live, Meta};
@@ -45,10 +48,6 @@ struct AuthMsg {
     kind: Option<String>,
     token: Option<String>,
 }
-
-/// A world link silent for a ping interval plus this has missed a ping it would have
-/// answered within milliseconds: a newcomer for its clientId may take over.
-const STALE_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 const EVENT_TYPES: [&str; 6] = [
     "chat-event",
@@ -139,24 +138,32 @@ impl Relay {
                     "{conn} {peer}: module auth refused for {}: {reason}",
                     meta.client_id
                 );
+                let refused = LinkEvent::Refused {
+                    code: 4002,
+                    reason: reason.into(),
+                    peer,
+                    holder: None,
+                };
+                self.link_event(&meta.client_id, refused, now, out);
                 return refuse(out, reason);
             }
         };
         // Duplicate check before auth-success (api-surface.md bug 12).
-        let stale_after = self.cfg.module_ping_interval + STALE_MARGIN;
-        match self
-            .worlds
-            .duplicate(&meta.client_id, peer, now, stale_after)
-        {
+        // A link silent for a ping interval plus a margin has missed a ping it would have
+        // answered within milliseconds: a newcomer for its clientId may take over.
+        let stale_after = self.cfg.module_ping_interval + self.cfg.module_stale_margin;
+        match self.worlds.duplicate(&meta.client_id, now, stale_after) {
             Duplicate::None => {}
             Duplicate::ReplaceStale(old) => {
                 info!(
-                    "{conn} {peer}: {} reconnected from another host; its old link {old} \
-                     missed its pings and is replaced",
+                    "{conn} {peer}: {} connected again; its old link {old} missed its pings \
+                     and is replaced",
                     meta.client_id
                 );
                 // Transient code: should the old socket be alive after all, its module
                 // reconnects, meets the new link, and waits with 4004 (no flapping).
+                let why = format!("replaced by a newer connection from {peer}");
+                self.history.note_close(old, 1001, &why, By::Relay);
                 self.module_closed(old, now, out);
                 self.roles.remove(&old);
                 out.push(Action::Close {
@@ -164,26 +171,19 @@ impl Relay {
                     close: WsClose::new(1001, "Replaced by a newer connection"),
                 });
             }
-            Duplicate::ReplaceOld(old) => {
-                info!(
-                    "{conn} {peer}: {} reconnected; replacing its old link {old}",
-                    meta.client_id
-                );
-                // The old socket is stale (same host reconnected). It is told 1000 so that,
-                // should it still be alive, it does not fight the new one for the slot.
-                self.module_closed(old, now, out);
-                self.roles.remove(&old);
-                out.push(Action::Close {
-                    conn: old,
-                    close: WsClose::new(1000, "Replaced by reconnect"),
-                });
-            }
             Duplicate::RejectNew => {
                 self.roles.remove(&conn);
                 info!(
-                    "{conn} {peer}: {} already connected from another host",
+                    "{conn} {peer}: {} already has a live link; the newcomer waits (4004)",
                     meta.client_id
                 );
+                let refused = LinkEvent::Refused {
+                    code: 4004,
+                    reason: "Client ID already connected".into(),
+                    peer,
+                    holder: self.worlds.get(&meta.client_id).map(|l| l.peer),
+                };
+                self.link_event(&meta.client_id, refused, now, out);
                 out.push(Action::Close {
                     conn,
                     close: WsClose::new(4004, "Client ID already connected"),
@@ -205,6 +205,7 @@ impl Relay {
             meta.foundry_version
         );
         self.remember_world(&meta, now, out);
+        self.link_event(&meta.client_id, LinkEvent::Connected { peer }, now, out);
         self.worlds.insert(Live {
             conn,
             meta,
@@ -306,43 +307,29 @@ impl Relay {
                     }
                 }
             }
-            "module-notify" => {
-                if let Ok(v) = serde_json::from_str::<Value>(&text) {
-                    info!(
-                        "{conn}: module notice: {} {}",
-                        v.get("event").and_then(Value::as_str).unwrap_or(""),
-                        v.get("details").and_then(Value::as_str).unwrap_or("")
-                    );
-                }
-            }
+            "module-notify" => self.module_notify(conn, &text, now, out),
             "get-known-clients" => {
                 let clients = self.clients_json(None, now);
+                // What this world may do across worlds (relay/remote.rs).
+                let (targets, scopes) = self
+                    .worlds
+                    .client_of(conn)
+                    .and_then(|id| self.state.worlds.iter().find(|w| w.client_id == id))
+                    .map(|w| (w.allowed_targets.clone(), w.remote_scopes.clone()))
+                    .unwrap_or_default();
                 let reply = json!({
                     "type": "known-clients-result",
                     "requestId": request_id,
                     "clients": clients,
-                    "tokenScopes": [],
-                    "tokenAllowedTargets": [],
+                    "tokenScopes": scopes,
+                    "tokenAllowedTargets": targets,
                 });
                 out.push(Action::Text {
                     conn,
                     payload: Bytes::Owned(reply.to_string().into_bytes()),
                 });
             }
-            "remote-request" => {
-                // Cross-world tunnelling needs per-token target grants, which pairing does
-                // not issue yet: answer at once so the module does not wait 60 s.
-                let reply = json!({
-                    "type": "remote-response",
-                    "requestId": request_id,
-                    "success": false,
-                    "error": "Cross-world requests are not enabled on this relay",
-                });
-                out.push(Action::Text {
-                    conn,
-                    payload: Bytes::Owned(reply.to_string().into_bytes()),
-                });
-            }
+            "remote-request" => self.remote_request(conn, &text, now, out),
             other => {
                 // Includes late replies whose caller left or timed out. Never echoed to
                 // other worlds (the reference re-broadcasts; we do not).
@@ -351,12 +338,53 @@ impl Relay {
         }
     }
 
+    /// `module-notify` (module-protocol.md §5; e.g. "Setting `wsRelayUrl` was changed" by a
+    /// user): logged, counted, and sent to `/ws/events` sockets that asked for
+    /// `module-notify` (the admin page's live view asks for `all`).
+    fn module_notify(&mut self, conn: ConnId, text: &str, now: Instant, out: &mut Vec<Action>) {
+        let Some(world) = self.worlds.client_of(conn).map(str::to_string) else {
+            return;
+        };
+        let Ok(v) = serde_json::from_str::<Value>(text) else {
+            return;
+        };
+        let field = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        info!(
+            "{conn}: world {world} notice: {} {} (by {})",
+            field("event"),
+            field("details"),
+            field("actor")
+        );
+        self.metrics.module_notices += 1;
+        if self.state.worlds.iter().any(|w| w.client_id == world) {
+            let mut words = field("details");
+            if words.is_empty() {
+                words = field("event");
+            }
+            if !field("actor").is_empty() {
+                words = format!("{words} (by {})", field("actor"));
+            }
+            let at = self.clock.ms(now);
+            self.history.note_notice(&world, at, words);
+        }
+        // The module's own fields, nothing else (its `type` is the envelope's).
+        let data = json!({
+            "event": field("event"),
+            "details": field("details"),
+            "actor": field("actor"),
+            "world": field("world"),
+        });
+        let ds = self.hub.module_notice(&world, &data, self.clock.ms(now));
+        self.push_deliveries(&world, ds, out);
+    }
+
     /// The world link closed: the world goes offline and its waiters fail at once.
     pub(crate) fn module_closed(&mut self, conn: ConnId, now: Instant, out: &mut Vec<Action>) {
         let Some(live) = self.worlds.remove_conn(conn) else {
             return;
         };
         info!("{conn}: world {} disconnected", live.meta.client_id);
+        self.link_closed(conn, &live.meta.client_id, live.last_alive, now, out);
         let now_ms = self.clock.ms(now);
         if let Some(w) = self
             .state
@@ -412,6 +440,17 @@ impl Relay {
                     conn,
                     payload: Bytes::Owned(reply.to_string().into_bytes()),
                 });
+            }
+            Caller::Remote {
+                conn,
+                source_request_id,
+            } => {
+                let message = match status {
+                    408 => "Remote request timed out",
+                    502 => "The target world disconnected",
+                    _ => message,
+                };
+                self.remote_error(conn, &source_request_id, message, out);
             }
         }
     }
@@ -518,5 +557,137 @@ mod tests {
             Some(newer),
             "the world is served by the newcomer"
         );
+    }
+
+    #[test]
+    fn a_second_link_from_the_same_address_waits_and_the_first_keeps_its_slot() {
+        let mut h = H::new(Config::default());
+        let (first, _) = h.world_online(WORLD);
+        // A second GM tab: same address, same token.
+        let (second, out) = h.world_online(WORLD);
+        assert_eq!(
+            close_of(&out, second),
+            Some((4004, "Client ID already connected".into()))
+        );
+        assert_eq!(close_of(&out, first), None, "the live link keeps its slot");
+        assert_eq!(h.relay.worlds.get(WORLD).map(|l| l.conn), Some(first));
+        // The first tab closes: the next poll of the second takes the slot at once.
+        h.input(Input::Closed { conn: first });
+        let (third, out) = h.world_online(WORLD);
+        assert!(bytes_to(&out, third).contains(r#"{"type":"auth-success"}"#));
+        assert_eq!(close_of(&out, third), None);
+    }
+
+    /// Every close the relay core can send a world link, driven one by one: none is 1000,
+    /// which the module reads as "stay offline for good" (module-protocol.md §1.6). The
+    /// loop's own closes (shutdown 1001, ping timeout 1001, overload 1013, framing errors
+    /// 1002/1007/1009) are constants pinned by `loop_closes_of_a_world_link_are_not_1000`.
+    #[test]
+    fn no_close_of_a_world_link_is_1000() {
+        let mut seen: Vec<(&str, u16)> = Vec::new();
+        let mut closes = |name: &'static str, out: &[Action], conn| {
+            let c = close_of(out, conn).unwrap_or_else(|| panic!("{name}: no close"));
+            seen.push((name, c.0));
+        };
+        let cfg = Config {
+            auth_timeout: Duration::from_secs(10),
+            ..Config::default()
+        };
+        let mut h = H::new(cfg);
+        let upgrade = |h: &mut H| {
+            let conn = h.conn();
+            h.upgrade(conn, &format!("/relay?id={WORLD}"), &[]);
+            conn
+        };
+        // Refusals during auth.
+        let conn = upgrade(&mut h);
+        let out = h.text(conn, "not json");
+        closes("invalid auth message", &out, conn);
+        let conn = upgrade(&mut h);
+        let out = h.text(conn, r#"{"type":"auth","token":"nope"}"#);
+        closes("unknown token", &out, conn);
+        let conn = upgrade(&mut h);
+        let other = h.other_token.clone();
+        let out = h.text(conn, &format!(r#"{{"type":"auth","token":"{other}"}}"#));
+        closes("token of another world", &out, conn);
+        let conn = upgrade(&mut h);
+        h.advance(Duration::from_secs(11));
+        let out = h.input(Input::Timer(crate::relay::io::Timer::Auth(conn)));
+        closes("auth timeout", &out, conn);
+        // Duplicates: a live link makes the newcomer wait; a silent one is replaced.
+        let (old, _) = h.world_online(WORLD);
+        let (dup, out) = h.world_online(WORLD);
+        closes("duplicate of a live link", &out, dup);
+        h.advance(Duration::from_secs(60));
+        let (_, out) = h.world_online(WORLD);
+        closes("stale link replaced", &out, old);
+        // Revocations.
+        let link = h.relay.worlds.get(WORLD).map(|l| l.conn).expect("online");
+        let token = h.token.clone();
+        let body = format!(r#"{{"token":"{token}"}}"#).into_bytes();
+        let hd = head(Method::Post, "/api/self-unpair", &[]);
+        let c = h.conn();
+        let out = h.input(Input::Request {
+            conn: c,
+            peer: PEER,
+            head: &hd,
+            body,
+        });
+        closes("self-unpair", &out, link);
+        let (_, t) = h.relay.state.create_connection_token(WORLD, 0);
+        h.token = t;
+        let (link, _) = h.world_online(WORLD);
+        let idx = h.relay.state.tokens_for_client(WORLD)[0];
+        let tid = h.relay.state.tokens[idx].id.clone();
+        let admin = h.admin_key.clone();
+        let hd = head(
+            Method::Delete,
+            &format!("/admin/api/tokens/{tid}"),
+            &[("x-api-key", &admin)],
+        );
+        let c = h.conn();
+        let out = h.input(Input::Request {
+            conn: c,
+            peer: PEER,
+            head: &hd,
+            body: Vec::new(),
+        });
+        closes("token revoked", &out, link);
+        let (_, t) = h.relay.state.create_connection_token(WORLD, 0);
+        h.token = t;
+        let (link, _) = h.world_online(WORLD);
+        let hd = head(
+            Method::Delete,
+            &format!("/admin/api/worlds/{WORLD}"),
+            &[("x-api-key", &admin)],
+        );
+        let c = h.conn();
+        let out = h.input(Input::Request {
+            conn: c,
+            peer: PEER,
+            head: &hd,
+            body: Vec::new(),
+        });
+        closes("unpaired", &out, link);
+        assert_eq!(seen.len(), 9, "{seen:?}");
+        for (name, code) in &seen {
+            assert_ne!(*code, 1000, "{name} closes a world link with 1000");
+        }
+    }
+
+    #[test]
+    fn loop_closes_of_a_world_link_are_not_1000() {
+        use crate::error::WsClose;
+        for c in [
+            WsClose::GOING_AWAY,
+            WsClose::PING_TIMEOUT,
+            WsClose::OVERLOADED,
+            WsClose::PROTOCOL,
+            WsClose::INVALID_DATA,
+            WsClose::TOO_BIG,
+            WsClose::INTERNAL,
+        ] {
+            assert_ne!(c.code, 1000, "{c}");
+        }
     }
 }

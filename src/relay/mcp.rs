@@ -577,7 +577,7 @@ impl Relay {
         }
     }
 
-    /// A revoked key's sessions (relay/revoke.rs).
+    /// A revoked key's sessions, or the admin key's ("") when it is rotated (relay/revoke.rs).
     pub(crate) fn mcp_end_sessions_of(&mut self, key_id: &str, out: &mut Vec<Action>) {
         let ids: Vec<Rc<str>> = self
             .mcp
@@ -1284,25 +1284,39 @@ fn tool_result(status: u16, body: &[u8]) -> Value {
     json!({"content": [{"type": "text", "text": text}], "structuredContent": structured, "isError": false})
 }
 
-/// `resolve_client`'s refusals as sentences for a model.
+/// `resolve_client`'s refusals as sentences for a model (with the relay's reason why a world
+/// is offline, when it gives one).
 fn world_trouble(status: u16, body: &Value) -> String {
     let err = body.get("error").and_then(Value::as_str).unwrap_or("");
-    match (status, err) {
-        (404, "No connected Foundry clients found") => "No Foundry world is connected to the \
-            relay right now: the GM's browser with the REST API module must be open. Try again \
-            later."
-            .into(),
-        (400, _) => format!(
+    const NONE: &str = "No connected Foundry clients found";
+    match status {
+        404 if err.starts_with(NONE) => {
+            let why = err.trim_start_matches(NONE).trim_start_matches('.').trim();
+            let mut s = "No Foundry world is connected to the relay right now: the GM's browser \
+                with the REST API module must be open. Try again later."
+                .to_string();
+            if !why.is_empty() {
+                s = format!("{s} ({why})");
+            }
+            s
+        }
+        400 => format!(
             "Several worlds are connected; pass clientId, one of {}.",
             body.get("connectedClients").unwrap_or(&Value::Null)
         ),
-        (403, _) => "This API key may not use that world; omit clientId or pick one of the \
+        403 => "This API key may not use that world; omit clientId or pick one of the \
             key's worlds (see foundry://worlds)."
             .into(),
-        _ => format!(
-            "World {} is not connected right now (its GM tab is closed); try again later.",
-            body.get("clientId").and_then(Value::as_str).unwrap_or("?")
-        ),
+        _ => {
+            let world = body.get("clientId").and_then(Value::as_str).unwrap_or("?");
+            let mut s = format!(
+                "World {world} is not connected right now (its GM tab is closed); try again later."
+            );
+            if let Some(why) = body.get("reason").and_then(Value::as_str) {
+                s = format!("{s} ({why})");
+            }
+            s
+        }
     }
 }
 
@@ -1837,7 +1851,8 @@ mod tests {
         let keep = init(&mut h, &full, V);
         let id = h.key_id(&other);
         let mut out = Vec::new();
-        h.relay.drop_subscribers_of_key(&id, &mut out);
+        h.relay
+            .drop_subscribers_of_key(&id, super::super::revoke::KEY_REVOKED, &mut out);
         assert!(!h.relay.mcp.sessions.contains_key(gone.as_str()));
         assert!(h.relay.mcp.sessions.contains_key(keep.as_str()));
     }

@@ -7,7 +7,7 @@
 //!
 //! Files: `io` (inputs/actions), `world` (live links), `link` (the `/relay` module protocol),
 //! `rest` (HTTP routes: auth, scopes, forwarding, local routes), `pending` (waiters),
-//! `forward` (pure parameter and reply shaping).
+//! `forward` (pure parameter and reply shaping), `remote` (cross-world requests).
 
 pub mod admin;
 pub mod api_ws;
@@ -16,6 +16,7 @@ pub mod durable;
 pub mod events;
 pub mod forward;
 pub mod gateway;
+pub mod history;
 pub mod hub;
 pub mod io;
 pub mod limits;
@@ -24,6 +25,7 @@ pub mod mcp;
 pub mod mcp_tools;
 pub mod pairing;
 pub mod pending;
+pub mod remote;
 pub mod rest;
 pub mod revoke;
 pub mod session_hook;
@@ -44,6 +46,13 @@ use hub::Hub;
 use io::{Action, Input, Timer};
 use pending::Pending;
 use world::{Meta, Worlds};
+
+thread_local! {
+    /// The embedded route table, parsed once per thread: it never changes, and parsing it
+    /// costs more than a whole fuzz iteration of the relay (tests/fuzz `module_dispatch`)
+    /// or a typical unit test that builds a `Relay`.
+    static BUILTIN_ROUTES: std::rc::Rc<RouteTable> = std::rc::Rc::new(RouteTable::builtin());
+}
 
 /// Wall-clock milliseconds derived from the monotonic `now` passed in.
 #[derive(Clone, Copy, Debug)]
@@ -103,6 +112,8 @@ pub struct Relay {
     pub(crate) gateway: gateway::Gateway,
     /// `/mcp` sessions, exchanges and the tool table (mcp.rs).
     pub(crate) mcp: mcp::Mcp,
+    /// Each world's last link events, for "why is it offline?" (history.rs).
+    pub(crate) history: history::History,
 }
 
 impl Relay {
@@ -113,9 +124,10 @@ impl Relay {
             owner: pairing::Owner::default(),
             gateway: gateway::Gateway::new(&cfg),
             mcp: mcp::Mcp::new(&RouteTable::builtin(), &cfg.mcp_tools),
+            history: history::History::new(cfg.world_history),
             cfg,
             state,
-            routes: std::rc::Rc::new(RouteTable::builtin()),
+            routes: BUILTIN_ROUTES.with(std::rc::Rc::clone),
             worlds: Worlds::new(),
             pending: Pending::new(),
             req_ids: RequestIds::new(),
@@ -208,6 +220,11 @@ impl Relay {
                 Some(Role::Events) => self.events_message(conn, text, now, out),
                 Some(Role::Sse) | None => {}
             },
+            Input::PeerClose { conn, code, reason } => {
+                if self.worlds.by_conn_mut(conn).is_some() {
+                    self.history.note_peer_close(conn, code, &reason);
+                }
+            }
             Input::Closed { conn } => self.on_closed(conn, now, out),
             Input::Alive { conn } => {
                 if let Some(l) = self.worlds.by_conn_mut(conn) {

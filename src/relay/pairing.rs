@@ -22,7 +22,6 @@ use log::info;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::admin::Session;
 use super::io::Action;
 use super::limits::too_many;
 use super::rest::rfc3339;
@@ -39,11 +38,10 @@ const MAX_PAIR_REQUESTS: usize = 256;
 /// Length of a pair-request code (the reference's 8 characters, §5.6).
 const REQUEST_CODE_LEN: usize = 8;
 
-/// The owner-side memory of the relay core: admin sessions, pair requests, and which token
-/// each live world link used.
+/// The owner-side memory of the relay core: pair requests, and which token each live world
+/// link used (admin sessions are in the state: `State::admin_sessions`).
 #[derive(Default)]
 pub(crate) struct Owner {
-    pub sessions: HashMap<String, Session>,
     pub requests: Vec<PairRequest>,
     pub link_tokens: HashMap<ConnId, String>,
 }
@@ -72,6 +70,10 @@ pub(crate) struct PairRequest {
     pub server_fingerprint: String,
     pub client_id: Option<String>,
     pub upgrade_only: bool,
+    /// What an upgrade request asks for (`requestedTargetClients`, `requestedRemoteScopes`;
+    /// the module's Upgrade button sends neither, so the owner chooses on approval).
+    pub requested_targets: Vec<String>,
+    pub requested_scopes: Vec<String>,
     pub status: ReqStatus,
     pub created_ms: u64,
     pub expires_ms: u64,
@@ -102,6 +104,8 @@ impl PairRequest {
             "foundryVersion": self.foundry_version,
             "clientId": self.client_id,
             "upgradeOnly": self.upgrade_only,
+            "requestedTargetClients": self.requested_targets,
+            "requestedRemoteScopes": self.requested_scopes,
             "status": self.status_name(now_ms),
             "createdAt": self.created_ms,
             "expiresAt": self.expires_ms,
@@ -198,46 +202,61 @@ fn valid_host(h: &str) -> bool {
         })
 }
 
-/// Which clientId a `/auth/pair` gets (§5.6 "clientId choice"): the code's bound world →
-/// `existingClientId` if it is a world we know and its fingerprint does not contradict →
-/// the world with the same server fingerprint → the world with the same worldId (unless the
-/// fingerprints differ: another Foundry server with a copy of the world) → a new id.
-pub(crate) fn choose_client_id(
-    state: &State,
-    bound: Option<String>,
-    existing: &str,
-    fingerprint: &str,
-    world_id: &str,
-) -> String {
+/// A Foundry server origin as compared: trimmed, lower-case, without a trailing `/`.
+pub(crate) fn normalize_origin(origin: &str) -> String {
+    origin.trim().trim_end_matches('/').to_ascii_lowercase()
+}
+
+/// What `/auth/pair` says about the world asking (§5.6).
+pub(crate) struct PairIdentity<'a> {
+    pub existing: &'a str,
+    pub fingerprint: &'a str,
+    pub world_id: &'a str,
+    /// Normalized `serverOrigin`; "" when the module sent none.
+    pub origin: &'a str,
+}
+
+/// Which clientId a `/auth/pair` gets (relay-protocol.md §5.6 "clientId choice"): the
+/// code's bound world → `existingClientId` if it is a world we know and its origin (and
+/// fingerprint) do not contradict → the world with the same server fingerprint and origin →
+/// the world with the same worldId and origin (fingerprint not contradicting) → a new id.
+/// A world copied to a second Foundry server (same worldId, fingerprint and
+/// existingClientId, another origin) therefore gets its own clientId instead of fighting the
+/// original for one link. An unknown origin on either side (a world paired before origins
+/// were stored, or a module that sends none) contradicts nothing.
+pub(crate) fn choose_client_id(state: &State, bound: Option<String>, me: &PairIdentity) -> String {
     if let Some(id) = bound {
         return id;
     }
     let fp_ok = |w: &KnownWorld| {
         w.server_fingerprint.is_empty()
-            || fingerprint.is_empty()
-            || w.server_fingerprint == fingerprint
+            || me.fingerprint.is_empty()
+            || w.server_fingerprint == me.fingerprint
     };
-    if !existing.is_empty() {
-        if let Some(w) = state.worlds.iter().find(|w| w.client_id == existing) {
-            if fp_ok(w) {
+    let origin_ok = |w: &KnownWorld| {
+        w.server_origin.is_empty() || me.origin.is_empty() || w.server_origin == me.origin
+    };
+    if !me.existing.is_empty() {
+        if let Some(w) = state.worlds.iter().find(|w| w.client_id == me.existing) {
+            if fp_ok(w) && origin_ok(w) {
                 return w.client_id.clone();
             }
         }
     }
-    if !fingerprint.is_empty() {
+    if !me.fingerprint.is_empty() {
         if let Some(w) = state
             .worlds
             .iter()
-            .find(|w| w.server_fingerprint == fingerprint)
+            .find(|w| w.server_fingerprint == me.fingerprint && origin_ok(w))
         {
             return w.client_id.clone();
         }
     }
-    if !world_id.is_empty() {
+    if !me.world_id.is_empty() {
         if let Some(w) = state
             .worlds
             .iter()
-            .find(|w| w.world_id == world_id && fp_ok(w))
+            .find(|w| w.world_id == me.world_id && fp_ok(w) && origin_ok(w))
         {
             return w.client_id.clone();
         }
@@ -253,6 +272,7 @@ struct PairBody {
     world_title: Option<String>,
     server_fingerprint: Option<String>,
     existing_client_id: Option<String>,
+    server_origin: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -267,6 +287,8 @@ struct PairRequestBody {
     server_fingerprint: Option<String>,
     client_id: Option<String>,
     upgrade_only: Option<bool>,
+    requested_remote_scopes: Option<Value>,
+    requested_target_clients: Option<Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -395,13 +417,21 @@ impl Relay {
             }
         };
         let fingerprint = s(b.server_fingerprint);
+        let origin = normalize_origin(&s(b.server_origin));
+        let existing = s(b.existing_client_id);
         let client_id = choose_client_id(
             &self.state,
             bound,
-            &s(b.existing_client_id),
-            &fingerprint,
-            &world_id,
+            &PairIdentity {
+                existing: &existing,
+                fingerprint: &fingerprint,
+                world_id: &world_id,
+                origin: &origin,
+            },
         );
+        if !existing.is_empty() && existing != client_id {
+            info!("{peer}: pairing gives {client_id}, not {existing} (another server or world)");
+        }
         let mut w = self
             .state
             .worlds
@@ -422,6 +452,9 @@ impl Relay {
         }
         if !fingerprint.is_empty() {
             w.server_fingerprint = fingerprint;
+        }
+        if !origin.is_empty() {
+            w.server_origin = origin;
         }
         self.state.upsert_world(w);
         let (_, token) = self.state.create_connection_token(&client_id, now_ms);
@@ -489,6 +522,14 @@ impl Relay {
             server_fingerprint: s(b.server_fingerprint),
             client_id,
             upgrade_only,
+            requested_targets: super::remote::string_list(b.requested_target_clients.as_ref())
+                .ok()
+                .flatten()
+                .unwrap_or_default(),
+            requested_scopes: super::remote::string_list(b.requested_remote_scopes.as_ref())
+                .ok()
+                .flatten()
+                .unwrap_or_default(),
             status: ReqStatus::Pending,
             created_ms: now_ms,
             expires_ms: now_ms.saturating_add(ttl_ms),
@@ -578,6 +619,8 @@ impl Relay {
             return Ok(None);
         };
         self.commit(undo)?;
+        // `/ws/api` sockets that authenticated with the token end too (revoke.rs).
+        self.drop_subscribers_of_key(id, reason, out);
         let link = self.worlds.get(&client_id).map(|l| l.conn);
         if let Some(conn) = link {
             let used = self.owner.link_tokens.get(&conn).map(String::as_str);
@@ -604,6 +647,9 @@ impl Relay {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
+        // Every caller is an owner's action: revoking, unpairing, narrowing allowed IPs.
+        self.history
+            .note_close(conn, 4002, reason, super::history::By::Owner);
         self.module_closed(conn, now, out);
         self.roles.remove(&conn);
         self.owner.link_tokens.remove(&conn);
@@ -734,6 +780,8 @@ mod tests {
             server_fingerprint: String::new(),
             client_id: None,
             upgrade_only: false,
+            requested_targets: vec![],
+            requested_scopes: vec![],
             status: ReqStatus::Pending,
             created_ms: 0,
             expires_ms,
@@ -786,36 +834,64 @@ mod tests {
     #[test]
     fn client_id_choice() {
         let mut st = State::default();
-        let w = |id: &str, world: &str, fp: &str| KnownWorld {
+        let w = |id: &str, world: &str, fp: &str, origin: &str| KnownWorld {
             client_id: id.into(),
             world_id: world.into(),
             server_fingerprint: fp.into(),
+            server_origin: origin.into(),
             ..KnownWorld::default()
         };
-        st.upsert_world(w("fvtt_a", "world1", "fpA"));
-        st.upsert_world(w("fvtt_b", "world2", ""));
-        type Case<'a> = (Option<&'a str>, &'a str, &'a str, &'a str, Option<&'a str>);
+        st.upsert_world(w("fvtt_a", "world1", "fpA", "https://a.example"));
+        st.upsert_world(w("fvtt_b", "world2", "", ""));
+        type Case<'a> = (
+            Option<&'a str>,
+            &'a str,
+            &'a str,
+            &'a str,
+            &'a str,
+            Option<&'a str>,
+        );
+        const A: &str = "https://a.example";
+        const C: &str = "https://copy.example";
         let cases: &[Case] = &[
-            // (bound, existing, fingerprint, worldId, expected; None = a new id)
-            (Some("fvtt_z"), "fvtt_a", "fpA", "world1", Some("fvtt_z")),
-            (None, "fvtt_a", "fpA", "other", Some("fvtt_a")),
-            (None, "fvtt_a", "", "other", Some("fvtt_a")),
-            (None, "fvtt_a", "fpX", "world1", None), // fingerprint contradicts
-            (None, "fvtt_gone", "fpA", "x", Some("fvtt_a")),
-            (None, "", "", "world2", Some("fvtt_b")),
-            (None, "", "fpQ", "world2", Some("fvtt_b")), // b has no fingerprint yet
-            (None, "", "fpQ", "world1", None),
-            (None, "", "", "world9", None),
+            // (bound, existing, fingerprint, worldId, origin, expected; None = a new id)
+            (Some("fvtt_z"), "fvtt_a", "fpA", "world1", C, Some("fvtt_z")),
+            (None, "fvtt_a", "fpA", "other", A, Some("fvtt_a")),
+            (None, "fvtt_a", "", "other", "", Some("fvtt_a")),
+            (None, "fvtt_a", "fpX", "world1", A, None), // fingerprint contradicts
+            (None, "fvtt_gone", "fpA", "x", A, Some("fvtt_a")),
+            (None, "", "", "world2", "", Some("fvtt_b")),
+            (None, "", "fpQ", "world2", C, Some("fvtt_b")), // b knows no fingerprint/origin
+            (None, "", "fpQ", "world1", A, None),
+            (None, "", "", "world9", A, None),
+            // The copied world: same worldId, fingerprint and existingClientId, another
+            // origin → its own clientId at every step.
+            (None, "fvtt_a", "fpA", "world1", C, None),
+            (None, "", "fpA", "world1", C, None),
+            (None, "", "", "world1", C, None),
+            // No origin sent (an older module): nothing contradicts.
+            (None, "fvtt_a", "fpA", "world1", "", Some("fvtt_a")),
         ];
-        for (bound, existing, fp, world, want) in cases {
-            let got = choose_client_id(&st, bound.map(str::to_string), existing, fp, world);
+        for (bound, existing, fp, world, origin, want) in cases {
+            let me = PairIdentity {
+                existing,
+                fingerprint: fp,
+                world_id: world,
+                origin,
+            };
+            let got = choose_client_id(&st, bound.map(str::to_string), &me);
+            let what = format!("{bound:?} {existing} {fp} {world} {origin}");
             match want {
-                Some(w) => assert_eq!(got, *w, "{bound:?} {existing} {fp} {world}"),
+                Some(w) => assert_eq!(got, *w, "{what}"),
                 None => {
                     assert!(got.starts_with("fvtt_") && got.len() == 21, "{got}");
-                    assert!(!["fvtt_a", "fvtt_b"].contains(&got.as_str()));
+                    assert!(!["fvtt_a", "fvtt_b"].contains(&got.as_str()), "{what}");
                 }
             }
         }
+        assert_eq!(
+            normalize_origin(" HTTPS://A.example:30000/ "),
+            "https://a.example:30000"
+        );
     }
 }

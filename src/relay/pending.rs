@@ -29,12 +29,20 @@ pub enum Caller {
     },
     /// A `/mcp` tool call or resource read (relay/mcp.rs).
     Mcp(Box<super::mcp::McpWait>),
+    /// A cross-world `remote-request` from the world link `conn`: answered there as
+    /// `remote-response` with the asking module's own requestId (relay-protocol.md §5.8).
+    Remote {
+        conn: ConnId,
+        source_request_id: String,
+    },
 }
 
 impl Caller {
     pub fn conn(&self) -> ConnId {
         match self {
-            Caller::Http { conn, .. } | Caller::WsApi { conn, .. } => *conn,
+            Caller::Http { conn, .. }
+            | Caller::WsApi { conn, .. }
+            | Caller::Remote { conn, .. } => *conn,
             Caller::Mcp(m) => m.conn,
         }
     }

@@ -99,7 +99,28 @@ impl Relay {
             });
             return;
         }
-        // Relay-local routes that need no key.
+        // RFC 3986 §2.1: a `%` not followed by two hex digits, or escapes that decode to
+        // something other than UTF-8, would reach the module as a different value than the
+        // client meant: refuse rather than forward a guess.
+        if let Some(e) = malformed_target(&head.path, &head.query) {
+            out.push(Action::Respond {
+                conn,
+                resp: self.cors(Response::error(400, e)),
+            });
+            return;
+        }
+        // Relay-local routes that need no key; another method on their path is 405.
+        if let Some(allow) = local_methods(&path) {
+            if !matches!(head.method, Method::Get | Method::Head) {
+                out.push(Action::Respond {
+                    conn,
+                    resp: self
+                        .cors(Response::error(405, "Method not allowed"))
+                        .header("Allow", allow),
+                });
+                return;
+            }
+        }
         match (head.method, path.as_str()) {
             (Method::Get | Method::Head, "/api/status") => {
                 return self.respond(conn, 200, self.status_json(now), out)
@@ -118,6 +139,11 @@ impl Relay {
                 let doc = super::docs::asyncapi(&self.routes, &self.docs_server_url(peer, head));
                 return self.respond(conn, 200, doc, out);
             }
+            (Method::Get | Method::Head, "/") if super::admin::wants_html(head) => {
+                let resp = super::admin::landing_page();
+                out.push(Action::Respond { conn, resp });
+                return;
+            }
             (Method::Get | Method::Head, "/") => {
                 return self.respond(conn, 200, json!({"status": "ok"}), out)
             }
@@ -125,7 +151,7 @@ impl Relay {
         }
         if let Some(rest) = path.strip_prefix("/api/clients/") {
             if let Some(id) = rest.strip_suffix("/active") {
-                if head.method == Method::Get {
+                if matches!(head.method, Method::Get | Method::Head) {
                     let id = enc::percent_decode(id).unwrap_or_default();
                     return self.client_active(conn, &id, out);
                 }
@@ -285,7 +311,17 @@ impl Relay {
                     .filter(|id| caller.client_ids.is_empty() || caller.client_ids.contains(id))
                     .collect();
                 match candidates.len() {
-                    0 => return Err((404, json!({"error": "No connected Foundry clients found"}))),
+                    // The reference's message first (clients match on it), then why.
+                    0 => {
+                        let reason = self.no_world_reason(&caller.client_ids);
+                        return Err((
+                            404,
+                            json!({
+                                "error": format!("No connected Foundry clients found. {reason}"),
+                                "reason": reason,
+                            }),
+                        ));
+                    }
                     1 => candidates[0].clone(),
                     _ => {
                         return Err((
@@ -301,14 +337,18 @@ impl Relay {
         };
         match self.worlds.get(&id) {
             Some(l) => Ok((id, l.conn)),
-            None => Err((
-                404,
-                json!({
+            None => {
+                let mut body = json!({
                     "error": "Invalid client ID",
                     "clientId": id,
                     "message": "No Foundry client connected with this ID.",
-                }),
-            )),
+                });
+                // A paired world that is offline: say why (relay/history.rs).
+                if self.state.worlds.iter().any(|w| w.client_id == id) {
+                    body["reason"] = json!(self.why_offline(&id));
+                }
+                Err((404, body))
+            }
         }
     }
 
@@ -337,8 +377,16 @@ impl Relay {
                     &body,
                 ));
             } else {
-                // Decode errors are ignored like the reference: required params then fail.
-                body_json = serde_json::from_slice(&body).ok();
+                match forward::parse_json_body(&body, is_json) {
+                    Ok(v) => body_json = v,
+                    Err(e) => {
+                        out.push(Action::Respond {
+                            conn,
+                            resp: self.cors(Response::error(400, &e)),
+                        });
+                        return;
+                    }
+                }
             }
         }
         drop(body);
@@ -349,6 +397,30 @@ impl Relay {
             };
             m.extend(fields);
             body_json = Some(Value::Object(m));
+        }
+        // An explicit clientId that names no connected world is 404 `Invalid client ID`
+        // before any parameter check, as in the reference (GET /search?clientId=bogus is
+        // about the world, not the missing `query`).
+        let early = query
+            .iter()
+            .find(|(k, v)| k == "clientId" && !v.is_empty())
+            .map(|(_, v)| v.clone())
+            .or_else(|| {
+                body_json
+                    .as_ref()
+                    .and_then(|b| b.get("clientId"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+            .or_else(|| head.header("x-client-id").map(str::to_string));
+        if let Some(id) = early.filter(|id| !id.is_empty()) {
+            if let Err((status, body)) = self.resolve_client(Some(&id), &caller) {
+                out.push(Action::Respond {
+                    conn,
+                    resp: self.cors(Response::json(status, &body)),
+                });
+                return;
+            }
         }
         let mut params =
             match forward::extract_params(route, &query, body_json.as_ref(), &path_params) {
@@ -443,6 +515,10 @@ impl Relay {
                 ws_type,
             } => self.deliver_ws_api_reply(conn, client_request_id, &ws_type, &w.world, text, out),
             Caller::Mcp(m) => self.mcp_reply(*m, &text, out),
+            Caller::Remote {
+                conn,
+                source_request_id,
+            } => self.deliver_remote_reply(conn, &source_request_id, &text, out),
         }
     }
 
@@ -522,7 +598,14 @@ impl Relay {
             .worlds
             .iter()
             .filter(|l| only.is_none_or(|o| o == l.meta.client_id))
-            .map(|l| l.to_json())
+            .map(|l| {
+                let mut v = l.to_json();
+                // Who is logged in, from the module's latest `player-list`.
+                if l.users.is_array() {
+                    v["users"] = l.users.clone();
+                }
+                v
+            })
             .collect();
         live.sort_by(|a, b| a["clientId"].as_str().cmp(&b["clientId"].as_str()));
         for w in &self.state.worlds {
@@ -546,6 +629,19 @@ impl Relay {
                 "lastSeen": w.last_seen_ms.unwrap_or(0),
                 "isOnline": false,
             }));
+        }
+        // The Foundry server each world was paired from (a copy elsewhere has its own id).
+        for v in &mut live {
+            let id = v["clientId"].as_str().unwrap_or("");
+            if let Some(w) = self.state.worlds.iter().find(|w| w.client_id == id) {
+                v["serverOrigin"] = Value::from(w.server_origin.clone());
+            }
+        }
+        // relay-protocol.md §2.7: string fields are omitted when empty.
+        for v in &mut live {
+            if let Value::Object(m) = v {
+                m.retain(|_, f| f.as_str() != Some(""));
+            }
         }
         live
     }
@@ -673,9 +769,62 @@ pub(crate) fn rfc3339(ms: u64) -> String {
     )
 }
 
+/// The relay-local routes that take only GET and HEAD (the `Allow` of their 405).
+fn local_methods(path: &str) -> Option<&'static str> {
+    match path {
+        "/" | "/api/status" | "/api/health" | "/metrics" | "/openapi.json" | "/asyncapi.json" => {
+            Some("GET, HEAD")
+        }
+        p if p.starts_with("/api/clients/") && p.ends_with("/active") => Some("GET, HEAD"),
+        _ => None,
+    }
+}
+
+/// Why a request target's percent-encoding is unusable, if it is: in the path every escape
+/// must be `%XX` and the decoded segments UTF-8 (RFC 3986 §2.1); in the query the same holds
+/// for each name and value after form decoding (`+` is a space).
+pub(crate) fn malformed_target(path: &str, query: &str) -> Option<&'static str> {
+    if path
+        .split('/')
+        .any(|seg| enc::percent_decode(seg).is_none())
+    {
+        return Some("Malformed percent-encoding in the request path");
+    }
+    let bad = query
+        .split('&')
+        .flat_map(|pair| pair.split('='))
+        .any(|part| enc::percent_decode(&part.replace('+', " ")).is_none());
+    bad.then_some("Malformed percent-encoding in the query string")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn malformed_targets_and_local_methods() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("/chat/%ZZ", "", true),
+            ("/chat/abc%2", "", true),
+            ("/chat/%FF%FE", "", true),
+            ("/chat/%C3%A9", "", false),
+            ("/get", "uuid=%FF%FE", true),
+            ("/get", "uuid=%zz", true),
+            ("/get", "uuid=Actor.a%2Bb&x=1+2&flag", false),
+            ("/get", "uuid=%C3%A9", false),
+            ("/get", "", false),
+        ];
+        for (path, query, bad) in cases {
+            assert_eq!(
+                malformed_target(path, query).is_some(),
+                *bad,
+                "{path}?{query}"
+            );
+        }
+        assert_eq!(local_methods("/openapi.json"), Some("GET, HEAD"));
+        assert_eq!(local_methods("/api/clients/x/active"), Some("GET, HEAD"));
+        assert_eq!(local_methods("/search"), None);
+    }
 
     #[test]
     fn paths_are_normalized() {

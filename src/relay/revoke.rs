@@ -1,52 +1,104 @@
-//! Revoking an API key ends everything it opened: `/ws/api` and `/ws/events` sockets and SSE
-//! streams authenticated by it stop receiving at once and are closed. The key's HTTP
-//! requests in flight finish normally (they were authorized when they started).
+//! Revocation reaches every stream: revoking an API key or a connection token, or unpairing
+//! a world, ends at once every SSE stream, `/ws/api` socket and `/ws/events` socket that the
+//! credential or world no longer entitles (issue 10). HTTP requests in flight finish normally
+//! (they were authorized when they started).
+//!
+//! | what | ends | reason |
+//! |---|---|---|
+//! | API key revoked | every subscriber connection it authenticated | `API key revoked` |
+//! | connection token revoked (admin, `self-unpair`) | `/ws/api` sockets it authenticated | `Connection token revoked` / `Unpaired by owner` |
+//! | world unpaired | every stream and socket following that world | `World unpaired` |
+//! | admin key rotated | every connection opened with the admin key or an admin session | `Admin key rotated` |
+//!
+//! SSE streams get `event: error` with `{"error":reason}`, then end; WebSockets get 1008
+//! (policy violation) with the reason: not 4002, which `/ws/api` clients read as
+//! "authentication failed at connect". A `/ws/events` socket following every world is not
+//! entitled by any one world and stays (it gets `world-disconnected`).
 
 use std::rc::Rc;
 
+use serde_json::json;
+
+use super::events::Subscriber;
 use super::hub::Transport;
 use super::io::Action;
 use super::Relay;
 use crate::error::WsClose;
 use crate::ids::ConnId;
 
-/// The close a WebSocket subscriber gets when its key is revoked (1008 policy violation; not
-/// 4002, which `/ws/api` clients read as "authentication failed at connect").
-#[allow(dead_code)] // see drop_subscribers_of_key
-pub(crate) const KEY_REVOKED: WsClose = WsClose::new(1008, "API key revoked");
-
-/// The last frame of an SSE stream whose key was revoked.
-#[allow(dead_code)] // see drop_subscribers_of_key
-const KEY_REVOKED_FRAME: &[u8] = b"event: error\ndata: {\"error\":\"API key revoked\"}\n\n";
+/// Why a subscriber connection was ended by a revocation.
+pub(crate) const KEY_REVOKED: &str = "API key revoked";
+pub(crate) const WORLD_UNPAIRED: &str = "World unpaired";
+pub(crate) const ADMIN_KEY_ROTATED: &str = "Admin key rotated";
 
 impl Relay {
-    /// Close every subscriber connection authenticated by API key `key_id` (`key_…`). Their
-    /// subscriptions are dropped now, so no event reaches them after this call and the
-    /// worlds' channel counts drop at once; the loop reports `Closed` later as usual.
-    #[allow(dead_code)] // called by the admin API's key revocation (owner work)
-    pub(crate) fn drop_subscribers_of_key(&mut self, key_id: &str, out: &mut Vec<Action>) {
+    /// End every subscriber connection authenticated by API key or connection token `id`.
+    pub(crate) fn drop_subscribers_of_key(
+        &mut self,
+        id: &str,
+        reason: &'static str,
+        out: &mut Vec<Action>,
+    ) {
+        self.end_subscribers(|s| s.key_id.as_deref() == Some(id), reason, out);
+        // Its MCP sessions end too: their streams close and their subscriptions go.
+        self.mcp_end_sessions_of(id, out);
+    }
+
+    /// End every subscriber connection opened with the admin key or an admin session (both
+    /// stop working when the key is rotated).
+    pub(crate) fn drop_admin_subscribers(&mut self, out: &mut Vec<Action>) {
+        self.end_subscribers(|s| s.key_id.is_none(), ADMIN_KEY_ROTATED, out);
+        self.mcp_end_sessions_of("", out);
+    }
+
+    /// End every subscriber connection that follows `world` (it was unpaired), and drop the
+    /// world's kept events.
+    pub(crate) fn end_streams_of_world(&mut self, world: &str, out: &mut Vec<Action>) {
+        self.end_subscribers(|s| s.world.as_deref() == Some(world), WORLD_UNPAIRED, out);
+        self.gateway_drop_world(world, WsClose::new(1008, WORLD_UNPAIRED), out);
+        self.hub.clear_ring(world);
+    }
+
+    /// End the subscriber connections `pred` picks. Their subscriptions are dropped now, so no
+    /// event reaches them after this call and the worlds' channel counts drop at once; the
+    /// loop reports `Closed` later as usual (a no-op then).
+    fn end_subscribers(
+        &mut self,
+        pred: impl Fn(&Subscriber) -> bool,
+        reason: &'static str,
+        out: &mut Vec<Action>,
+    ) {
         let mut conns: Vec<(ConnId, Transport)> = self
             .subs
             .iter()
-            .filter(|(_, s)| s.key_id.as_deref() == Some(key_id))
+            .filter(|(_, s)| pred(s))
             .map(|(c, s)| (*c, s.transport))
             .collect();
+        if conns.is_empty() {
+            return;
+        }
         conns.sort_by_key(|(c, _)| *c);
+        let frame: Rc<[u8]> = Rc::from(
+            format!("event: error\ndata: {}\n\n", json!({ "error": reason })).into_bytes(),
+        );
+        log::info!("{reason}: ending {} event connection(s)", conns.len());
         for (conn, transport) in conns {
             if transport == Transport::Sse {
                 out.push(Action::SseWrite {
                     conns: vec![conn],
-                    bytes: Rc::from(KEY_REVOKED_FRAME),
+                    bytes: frame.clone(),
                 });
             }
             out.push(Action::Close {
                 conn,
-                close: KEY_REVOKED,
+                close: WsClose::new(1008, reason),
             });
-            self.forget_subscriber(conn, out);
+            if transport == Transport::WsApi {
+                self.api_revoked(conn, out);
+            } else {
+                self.forget_subscriber(conn, out);
+            }
         }
-        // Its MCP sessions end too: their streams close and their subscriptions go.
-        self.mcp_end_sessions_of(key_id, out);
     }
 }
 
@@ -70,7 +122,8 @@ mod tests {
         let (survivor, _) = h.sse(&format!("/chat/subscribe?clientId={WORLD}"));
         let mut out = Vec::new();
         let id = h.key_id(&doomed);
-        h.relay.drop_subscribers_of_key(&id, &mut out);
+        h.relay
+            .drop_subscribers_of_key(&id, super::KEY_REVOKED, &mut out);
         assert!(bytes_to(&out, sse).contains("API key revoked"));
         assert_eq!(close_of(&out, sse), Some((1008, "API key revoked".into())));
         assert_eq!(close_of(&out, ws), Some((1008, "API key revoked".into())));

@@ -16,9 +16,10 @@ impl Relay {
         let Some(sid) = cookie_value(cookies, COOKIE) else {
             return false;
         };
-        self.owner
-            .sessions
-            .get(sid)
-            .is_some_and(|s| now_ms < s.expires_ms)
+        let hash = crate::auth::hash_secret(sid);
+        self.state
+            .admin_sessions
+            .iter()
+            .any(|s| s.hash == hash && now_ms < s.expires_ms)
     }
 }

@@ -113,15 +113,16 @@ impl Live {
 pub enum Duplicate {
     /// No live link: register the newcomer.
     None,
-    /// Same peer address: the module reconnected after a blip and its old socket is stale;
-    /// the newcomer replaces it (relay-protocol.md §1.5, "same host → new wins").
-    ReplaceOld(ConnId),
-    /// Another machine holds the slot but its link has missed our last control ping: it is
-    /// a dead socket the kernel has not noticed yet (a GM whose laptop changed networks), so
-    /// the newcomer takes over instead of waiting out the idle timeout.
+    /// A link holds the slot but has missed our last control ping: it is a dead socket the
+    /// kernel has not noticed yet (a GM whose laptop changed networks, a tab that crashed),
+    /// so the newcomer takes over instead of waiting out the idle timeout.
     ReplaceStale(ConnId),
-    /// Another machine holds the slot: refuse the newcomer with 4004 so it polls every
-    /// 30 s (module-protocol.md §6 item 4).
+    /// A live link holds the slot: refuse the newcomer with 4004 so it polls every 30 s and
+    /// takes the slot when it frees (module-protocol.md §6 item 4). This holds for every
+    /// address alike: a second GM tab or a second browser behind the same NAT must not
+    /// evict the first with 1000, which the module reads as "stay offline for good"
+    /// (module-protocol.md §1.6; the reference's "same host → new wins", relay-protocol.md
+    /// §1.5, is the discrepancy §8 #10).
     RejectNew,
 }
 
@@ -136,18 +137,12 @@ impl Worlds {
         Self::default()
     }
 
-    /// The duplicate-id rule for a newcomer from `peer` at `now`: a link silent for longer
-    /// than `stale_after` (a ping interval plus a margin) counts as dead.
-    pub fn duplicate(
-        &self,
-        client_id: &str,
-        peer: IpAddr,
-        now: Instant,
-        stale_after: Duration,
-    ) -> Duplicate {
+    /// The duplicate-id rule for a newcomer at `now`: a link silent for longer than
+    /// `stale_after` (a ping interval plus a margin) counts as dead. The newcomer's address
+    /// plays no part (see `Duplicate::RejectNew`).
+    pub fn duplicate(&self, client_id: &str, now: Instant, stale_after: Duration) -> Duplicate {
         match self.live.get(client_id) {
             None => Duplicate::None,
-            Some(l) if l.peer == peer => Duplicate::ReplaceOld(l.conn),
             Some(l) if now.saturating_duration_since(l.last_alive) > stale_after => {
                 Duplicate::ReplaceStale(l.conn)
             }
@@ -261,24 +256,18 @@ mod tests {
         let t0 = Instant::now();
         let stale = Duration::from_secs(25);
         let mut w = Worlds::new();
-        let a = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
-        let b = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
-        assert_eq!(w.duplicate("x", a, t0, stale), Duplicate::None);
+        assert_eq!(w.duplicate("x", t0, stale), Duplicate::None);
         w.insert(live("x", 1, [10, 0, 0, 1], t0));
         let old = ConnId { key: 1, gen: 1 };
-        assert_eq!(w.duplicate("x", a, t0, stale), Duplicate::ReplaceOld(old));
-        assert_eq!(w.duplicate("x", b, t0, stale), Duplicate::RejectNew);
+        assert_eq!(w.duplicate("x", t0, stale), Duplicate::RejectNew);
         let later = t0 + Duration::from_secs(25);
         assert_eq!(
-            w.duplicate("x", b, later, stale),
+            w.duplicate("x", later, stale),
             Duplicate::RejectNew,
             "at the limit"
         );
         let later = t0 + Duration::from_secs(26);
-        assert_eq!(
-            w.duplicate("x", b, later, stale),
-            Duplicate::ReplaceStale(old)
-        );
+        assert_eq!(w.duplicate("x", later, stale), Duplicate::ReplaceStale(old));
     }
 
     #[test]

@@ -142,9 +142,11 @@ fn strip_default_port(authority: &str, scheme: &str) -> String {
 ///
 /// - No `Origin` header: allowed. Bots and native apps send none, and a browser always does.
 /// - `"*"` in `allow`: any origin.
-/// - `allow` not empty: the origin must equal an entry (scheme://host[:port], case-insensitive,
-///   default ports and a trailing `/` in the entry ignored).
-/// - `allow` empty: same-origin only, i.e. the origin's host[:port] equals the `Host` header.
+/// - Same-origin is always allowed: the origin's host[:port] equals the `Host` header. The
+///   list only adds to it (issue 10: a list set for one app must not lock out the relay's
+///   own admin page).
+/// - Otherwise the origin must equal an entry of `allow` (scheme://host[:port],
+///   case-insensitive, default ports and a trailing `/` in the entry ignored).
 pub fn origin_allowed(origin: Option<&str>, host: Option<&str>, allow: &[String]) -> bool {
     let Some(origin) = origin else {
         return true;
@@ -156,15 +158,13 @@ pub fn origin_allowed(origin: Option<&str>, host: Option<&str>, allow: &[String]
         // `null` (sandboxed frames, file: pages) or a malformed value: never matches.
         return false;
     };
-    if allow.is_empty() {
-        return host.is_some_and(|h| {
-            strip_default_port(&h.trim().to_ascii_lowercase(), &scheme) == authority
-        });
-    }
-    allow.iter().any(|entry| {
-        split_origin(entry.trim().trim_end_matches('/'))
-            .is_some_and(|(s, a)| s == scheme && a == authority)
-    })
+    let same_origin = host
+        .is_some_and(|h| strip_default_port(&h.trim().to_ascii_lowercase(), &scheme) == authority);
+    same_origin
+        || allow.iter().any(|entry| {
+            split_origin(entry.trim().trim_end_matches('/'))
+                .is_some_and(|(s, a)| s == scheme && a == authority)
+        })
 }
 
 #[cfg(test)]
@@ -343,8 +343,10 @@ mod tests {
             (Some("http://foundry.example.com"), Some("relay.example"), &list, false),
             (Some("https://foundry.example.com:8443"), Some("relay.example"), &list, false),
             (Some("http://localhost:30001"), Some("relay.example"), &list, false),
-            // With a list, same-origin is not implied.
-            (Some("https://relay.example"), Some("relay.example"), &list, false),
+            // With a list, same-origin is still allowed: the list only adds.
+            (Some("https://relay.example"), Some("relay.example"), &list, true),
+            (Some("http://relay.example:8080"), Some("relay.example:8080"), &list, true),
+            (Some("https://evil.example"), Some("relay.example"), &list, false),
             (Some("null"), Some("relay.example"), &list, false),
             // Wildcard.
             (Some("https://anything.example"), Some("relay.example"), &star, true),

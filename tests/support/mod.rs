@@ -20,6 +20,7 @@
 //! | `FakeWorld::start(addr, WorldConfig)`, `FakeWorld::online(addr, id, token)` | world.rs | the module: auth, pings, player-list, replies, events, reconnect rules |
 //! | `Knobs` / `set_delay`, `set_silent`, `set_error`, `set_reply`, `set_download_size`, `disconnect_on` | world.rs | per-type behaviour, changeable at run time |
 //! | `emit_event(ty, data)`, `wait_subscription`, `wait_request`, `wait_message`, `last_close`, `closes`, `token_cleared` | world.rs | drive and observe the world |
+//! | `close_with(code, reason)`, `drop_connection()`, `close_tab()` (1001, gone for good), `freeze()` (no close, no pongs: the machine left the network), `stop()` (the module's 1000) | world.rs | ways a world leaves |
 //! | `module_reply`, `error_reply`, `ROUTER_TYPES`, `DND5E_TYPES`, `pattern_bytes`, `TINY_PNG`, event payload builders | replies.rs | reply shapes of module v3.4.1 |
 //! | `cpu_ticks(pid)`, `status_field(pid, name)` | procfs.rs | /proc CPU ticks and status fields (`VmRSS`, `voluntary_ctxt_switches`) |
 //! | `base64_encode/decode`, `data_url`, `decode_data_url`, `form_encode`, `form_query`, `percent_encode`, `ws_accept_key`, `client_frame` | enc.rs | client-side encodings; `client_frame` is a raw masked WS frame |

@@ -180,6 +180,11 @@ enum Cmd {
     Close(u16, String),
     Drop,
     Stop,
+    /// Like `Stop`, with this close code: a browser tab that closes sends 1001.
+    Leave(u16, String),
+    /// Stop reading and writing but keep TCP open until `Stop`: the machine dropped off the
+    /// network, so no close frame and no pong ever comes.
+    Freeze,
 }
 
 /// A simulated world connected (or connecting) to a relay.
@@ -328,6 +333,21 @@ impl FakeWorld {
     /// Sends a close frame; the code the relay echoes decides what happens next (§1.6).
     pub fn close_with(&self, code: u16, reason: &str) {
         let _ = self.tx.send(Cmd::Close(code, reason.into()));
+    }
+
+    /// The browser tab closes: close 1001 "Going away", and the world never comes back.
+    /// Joins the thread.
+    pub fn close_tab(&mut self) {
+        let _ = self.tx.send(Cmd::Leave(1001, "Going away".into()));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// The machine drops off the network: the socket stays open on our side but nothing is
+    /// read or sent any more (no pongs), until `stop` or drop releases it.
+    pub fn freeze(&self) {
+        let _ = self.tx.send(Cmd::Freeze);
     }
 
     /// The module's `disconnect()`: close 1000 "Disconnecting", no reconnect. Joins the
@@ -630,7 +650,7 @@ fn wait_or_stop(rx: &Receiver<Cmd>, delay: Duration) -> bool {
             return false;
         }
         match rx.recv_timeout(deadline - now) {
-            Ok(Cmd::Stop) | Err(RecvTimeoutError::Disconnected) => return true,
+            Ok(Cmd::Stop | Cmd::Leave(..)) | Err(RecvTimeoutError::Disconnected) => return true,
             Ok(_) => continue,
             Err(RecvTimeoutError::Timeout) => return false,
         }
@@ -700,6 +720,18 @@ impl Conn<'_> {
         }
     }
 
+    /// Our own close, once; the session then ends as `End::Stop` within a second.
+    fn start_close(&mut self, stopping: &mut Option<Instant>, code: CloseCode, reason: &str) {
+        if stopping.is_none() {
+            let frame = CloseFrame {
+                code,
+                reason: reason.to_string().into(),
+            };
+            let _ = self.ws.close(Some(frame));
+            *stopping = Some(Instant::now() + Duration::from_secs(1));
+        }
+    }
+
     fn abrupt(&mut self) -> End {
         let _ = self.ws.get_ref().shutdown(Shutdown::Both);
         End::Closed(1006, String::new())
@@ -726,16 +758,19 @@ impl Conn<'_> {
                         let _ = self.ws.close(Some(frame));
                     }
                     Ok(Cmd::Drop) => return self.abrupt(),
-                    Ok(Cmd::Stop) | Err(TryRecvError::Disconnected) => {
-                        if stopping.is_none() {
-                            // The module's disconnect() (§1.6).
-                            let frame = CloseFrame {
-                                code: CloseCode::Normal,
-                                reason: "Disconnecting".into(),
-                            };
-                            let _ = self.ws.close(Some(frame));
-                            stopping = Some(Instant::now() + Duration::from_secs(1));
+                    Ok(Cmd::Freeze) => loop {
+                        match rx.recv() {
+                            Ok(Cmd::Stop | Cmd::Leave(..)) | Err(_) => return End::Stop,
+                            Ok(_) => {}
                         }
+                    },
+                    Ok(Cmd::Stop) | Err(TryRecvError::Disconnected) => {
+                        // The module's disconnect() (§1.6).
+                        self.start_close(&mut stopping, CloseCode::Normal, "Disconnecting");
+                        break;
+                    }
+                    Ok(Cmd::Leave(code, reason)) => {
+                        self.start_close(&mut stopping, CloseCode::from(code), &reason);
                         break;
                     }
                     Err(TryRecvError::Empty) => break,

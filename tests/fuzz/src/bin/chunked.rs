@@ -1,0 +1,6 @@
+//! AFL entry point; the target itself is `fvtt_relay_fuzz::chunked` (src/lib.rs).
+fn main() {
+    afl::fuzz!(|data: &[u8]| {
+        fvtt_relay_fuzz::chunked(data);
+    });
+}
