@@ -26,14 +26,23 @@ CARGO    ?= cargo
 LISTEN   ?= 127.0.0.1:3010
 DATA_DIR ?= ./data
 
-.PHONY: run test test-deps screenshots unit conformance lint fmt docs bench bench-quick bench-compare soak clean tools check-unit contract contract-deep contract-deps fuzz
+MCP_NODE = target/mcp-node
+MCP_VENV = target/mcp-venv
+# 0.1.14 and later need Node 22 (fs.globSync); 0.1.13 runs on the Node 20 of Debian 12.
+MCP_CONFORMANCE = 0.1.13
+# The SDK versions tests/mcp.rs was written against (pinned so a release cannot turn CI red).
+MCP_TS_SDK = 1.32.2
+MCP_PY_SDK = 2.3.0
+
+
+.PHONY: mcp-deps mcp-conformance run test test-deps screenshots unit conformance lint fmt docs bench bench-quick bench-compare soak clean tools check-unit contract contract-deep contract-deps fuzz
 .PHONY: pi pi-deps pi-test pi-smoke deb deb-deps deb-check
 
 run:
 	$(CARGO) build --release
 	target/release/fvtt-relay --listen $(LISTEN) --data-dir $(DATA_DIR)
 
-test: lint test-deps contract-deps unit check-unit
+test: lint test-deps contract-deps mcp-deps unit check-unit mcp-conformance
 	scripts/conformance.sh --quick
 	$(MAKE) --no-print-directory pi-smoke deb-check
 
@@ -90,6 +99,31 @@ test-deps:
 screenshots: test-deps
 	FVTT_RELAY_SCREENSHOT=1 $(CARGO) test --test admin_browser -- --test-threads=1
 
+# The official MCP SDK clients and conformance suite for tests/mcp.rs and mcp-conformance,
+# under target/ (gitignored). Quick when already installed; without npm or python3 the MCP
+# tests say SKIPPED (under CI they fail instead).
+mcp-deps:
+	@if [ ! -f $(MCP_NODE)/node_modules/@modelcontextprotocol/sdk/package.json ] || \
+	    [ ! -f $(MCP_NODE)/node_modules/@modelcontextprotocol/conformance/package.json ]; then \
+		if command -v npm >/dev/null 2>&1; then \
+			echo "npm install @modelcontextprotocol/sdk @modelcontextprotocol/conformance"; \
+			mkdir -p $(MCP_NODE) && npm install --prefix $(MCP_NODE) --no-audit --no-fund --silent \
+				@modelcontextprotocol/sdk@$(MCP_TS_SDK) @modelcontextprotocol/conformance@$(MCP_CONFORMANCE) || exit 1; \
+		else echo "npm not found: TypeScript MCP tests will say SKIPPED"; fi; \
+	fi
+	@if ! $(MCP_VENV)/bin/python -c 'import mcp' >/dev/null 2>&1; then \
+		if command -v python3 >/dev/null 2>&1; then \
+			echo "python3 -m venv $(MCP_VENV) && pip install mcp==$(MCP_PY_SDK)"; \
+			python3 -m venv $(MCP_VENV) && $(MCP_VENV)/bin/pip install -q mcp==$(MCP_PY_SDK) || exit 1; \
+		else echo "python3 not found: Python MCP tests will say SKIPPED"; fi; \
+	fi
+
+# The official MCP conformance suite's server scenarios against a debug build (see
+# scripts/mcp-conformance.sh and README "Use it from an AI assistant").
+mcp-conformance: mcp-deps
+	$(CARGO) build --quiet
+	scripts/mcp-conformance.sh
+
 # cargo-nextest when installed (parallel, one process per test), else cargo test.
 # nextest gets --lib --bins --tests: a harness = false bench has no test list to offer it.
 unit:
@@ -127,9 +161,11 @@ BENCH_ULIMIT = ulimit -n 65536 2>/dev/null || ulimit -n $$(ulimit -Hn) 2>/dev/nu
 
 bench:
 	$(BENCH_ULIMIT); $(CARGO) bench --bench relay
+	$(CARGO) bench --bench mcp
 
 bench-quick:
 	$(BENCH_ULIMIT); BENCH_QUICK=1 $(CARGO) bench --bench relay
+	BENCH_QUICK=1 $(CARGO) bench --bench mcp
 
 # Runs the same forwarding load against another relay on loopback (which must already have a
 # world attached), alternating with ours. URL, KEY and CLIENT_ID (and optionally PID, for its

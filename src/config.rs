@@ -53,6 +53,8 @@ pub enum Kind {
     Duration,
     /// Comma-separated origins.
     Origins,
+    /// Comma-separated names (`--mcp-tools`).
+    Names,
 }
 
 impl Kind {
@@ -68,6 +70,7 @@ impl Kind {
             Kind::Count => "N",
             Kind::Duration => "DURATION",
             Kind::Origins => "LIST",
+            Kind::Names => "LIST",
         }
     }
 }
@@ -402,6 +405,24 @@ options! {
         shutdown_grace: Duration = duration("5s"), "time";
         /// Lifetime of an admin page session.
         admin_session_ttl: Duration = duration("12h"), "time";
+    }
+    section "MCP (AI assistants)" {
+        /// Tools /mcp offers: default (the curated set of about 30), all (every forwarded
+        /// route), or a comma-separated list of tool names. A key still needs each tool's scope.
+        mcp_tools: Vec<String> = names("default"), "tools";
+        /// Let /mcp offer the tools that run code in the world (execute_js, run_macro) to keys
+        /// that hold their scope. Off: those tools are hidden and refused.
+        mcp_allow_code: bool = switch("false"), "on/off";
+        /// MCP sessions one API key may hold; a new one replaces the least recently used idle
+        /// session, and is refused when all are busy.
+        mcp_sessions_per_key: usize = count("16"), "sessions";
+        /// Tool calls and resource reads one MCP session may have waiting on a world.
+        mcp_max_inflight: usize = count("8"), "calls";
+        /// Largest JSON-RPC message (or batch) accepted on POST /mcp.
+        mcp_max_message: usize = size("1M"), "bytes";
+        /// An MCP session unused for this long (and without an open stream) is forgotten when
+        /// a new session is opened; its client then starts a new one.
+        mcp_session_idle: Duration = duration("24h"), "time";
     }
 }
 
@@ -1000,6 +1021,32 @@ mod origins {
     }
 }
 
+mod names {
+    use super::*;
+    pub const KIND: Kind = Kind::Names;
+    const EXPECTED: &str = "expected default, all, or comma-separated tool names (a-z, 0-9, _)";
+
+    pub fn parse(s: &str) -> Result<Vec<String>, &'static str> {
+        let out: Vec<String> = s
+            .split(',')
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+            .map(str::to_string)
+            .collect();
+        let ok = |n: &String| {
+            n.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        };
+        if out.is_empty() || !out.iter().all(ok) {
+            return Err(EXPECTED);
+        }
+        Ok(out)
+    }
+    pub fn show(v: &[String]) -> String {
+        v.join(",")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1115,6 +1162,12 @@ mod tests {
             trust_forwarded: false,
             shutdown_grace: secs(5),
             admin_session_ttl: secs(12 * 3600),
+            mcp_tools: vec!["default".into()],
+            mcp_allow_code: false,
+            mcp_sessions_per_key: 16,
+            mcp_max_inflight: 8,
+            mcp_max_message: M,
+            mcp_session_idle: secs(24 * 3600),
         };
         assert_eq!(c, expected);
         assert_eq!(c.validate(), Ok(()));

@@ -858,6 +858,25 @@ fn owner_signs_in_creates_a_key_and_approves_a_pairing() {
          li.textContent.includes('module-notify') && li.textContent.includes('wsRelayUrl'))",
     );
 
+    // The MCP panel: the endpoint and ready-to-paste client configurations for a pasted key.
+    page.type_into("mcp-key", &key);
+    let config = page.wait(
+        "the MCP client configuration",
+        &format!(
+            "document.getElementById('mcp-url').textContent === location.origin + '/mcp' && \
+             document.getElementById('mcp-config').textContent.includes('Bearer ' + {}) && \
+             document.getElementById('mcp-config').textContent",
+            js_str(&key)
+        ),
+    );
+    let config = config.as_str().unwrap_or_default();
+    assert!(
+        config.contains("claude mcp add --transport http foundry http://"),
+        "{config}"
+    );
+    assert!(config.contains("\"type\": \"http\""), "{config}");
+    page.js("document.getElementById('mcp-key').value = ''; true");
+
     {
         // A second world waiting, and a fresh pairing code, so every panel has data.
         let second = json!({"worldId": "second", "worldTitle": "Curse of Strahd",

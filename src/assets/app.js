@@ -769,6 +769,33 @@ function pairStart() {
   every(1000, tickPair);
 }
 
+// The MCP panel: the endpoint URL and client configurations for a pasted key. Nothing is
+// sent anywhere; the key only fills the text below.
+function mcpPanel() {
+  const url = $('mcp-url'), key = $('mcp-key'), out = $('mcp-config');
+  if (!url || !key || !out) return;
+  const endpoint = location.origin + '/mcp';
+  url.textContent = endpoint;
+  const render = () => {
+    const k = key.value.trim() || '<API key>';
+    const http = { mcpServers: { foundry: { type: 'http', url: endpoint,
+      headers: { Authorization: 'Bearer ' + k } } } };
+    const desktop = { mcpServers: { foundry: { command: 'npx',
+      args: ['-y', 'mcp-remote', endpoint, '--header', 'Authorization: Bearer ' + k] } } };
+    out.textContent =
+      '# Claude Code\nclaude mcp add --transport http foundry ' + endpoint +
+      " --header 'Authorization: Bearer " + k + "'\n\n" +
+      '# .mcp.json (Claude Code), mcp.json (LM Studio, Cursor, ...)\n' +
+      JSON.stringify(http, null, 2) + '\n\n' +
+      '# Claude Desktop: claude_desktop_config.json (needs Node.js for mcp-remote)\n' +
+      JSON.stringify(desktop, null, 2);
+  };
+  key.addEventListener('input', render);
+  render();
+}
+
 if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', boot);
 else boot();
+if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', mcpPanel);
+else mcpPanel();
 })();

@@ -101,6 +101,7 @@ impl Relay {
             .hub
             .world_status(&world, true, &meta, self.clock.ms(now));
         self.push_deliveries(&world, ds, out);
+        self.mcp_world_changed(&world, out);
         for u in self.hub.counts_for_world(&world) {
             out.push(Action::Text {
                 conn,
@@ -119,6 +120,7 @@ impl Relay {
             .hub
             .world_status(world, false, &meta, self.clock.ms(now));
         self.push_deliveries(world, ds, out);
+        self.mcp_world_changed(world, out);
     }
 
     /// A module event (`chat-event`, `roll-data`, …; `data` is its `data`): sequenced, ringed
@@ -131,6 +133,7 @@ impl Relay {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
+        self.mcp_event(world, kind, &data, out);
         let ds = self.hub.publish(world, kind, data, self.clock.ms(now));
         self.metrics.events_published += 1;
         self.metrics.event_deliveries += ds.iter().map(|d| d.conns.len() as u64).sum::<u64>();
@@ -142,7 +145,8 @@ impl Relay {
     /// bound to some worlds are dropped from deliveries of the others (the hub's wildcard
     /// knows no keys); that filter runs only while such a socket exists.
     pub(crate) fn push_deliveries(&self, world: &str, ds: Vec<Delivery>, out: &mut Vec<Action>) {
-        for d in ds {
+        for mut d in ds {
+            self.mcp_strip_virtual(&mut d.conns);
             let conns = if d.transport == Transport::WsEvents && self.gateway.restricted > 0 {
                 d.conns
                     .into_iter()

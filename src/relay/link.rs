@@ -414,6 +414,7 @@ impl Relay {
         out: &mut Vec<Action>,
     ) {
         match waiter.caller {
+            Caller::Mcp(m) => self.mcp_fail(*m, status, out),
             Caller::Http { conn, .. } => out.push(Action::Respond {
                 conn,
                 resp: self.cors(Response::error(status, message)),

@@ -21,6 +21,8 @@ pub mod hub;
 pub mod io;
 pub mod limits;
 pub mod link;
+pub mod mcp;
+pub mod mcp_tools;
 pub mod pairing;
 pub mod pending;
 pub mod remote;
@@ -110,6 +112,8 @@ pub struct Relay {
     pub(crate) docs: docs::Cache,
     /// `/ws/events` socket state and the upgrade rate limit (gateway.rs).
     pub(crate) gateway: gateway::Gateway,
+    /// `/mcp` sessions, exchanges and the tool table (mcp.rs).
+    pub(crate) mcp: mcp::Mcp,
     /// Each world's last link events, for "why is it offline?" (history.rs).
     pub(crate) history: history::History,
 }
@@ -121,6 +125,7 @@ impl Relay {
             limits: limits::Limits::new(&cfg),
             owner: pairing::Owner::default(),
             gateway: gateway::Gateway::new(&cfg),
+            mcp: mcp::Mcp::new(&RouteTable::builtin(), &cfg.mcp_tools),
             history: history::History::new(cfg.world_history),
             cfg,
             state,
@@ -238,6 +243,7 @@ impl Relay {
         // Waiters of a caller that left: their late replies will find nobody.
         self.pending.drop_caller(conn);
         self.forget_conn_limits(conn);
+        self.mcp_closed(conn);
         match self.roles.remove(&conn) {
             Some(Role::Module) => self.module_closed(conn, now, out),
             Some(Role::Api) => self.api_closed(conn, now, out),

@@ -27,6 +27,8 @@ pub enum Caller {
         client_request_id: serde_json::Value,
         ws_type: String,
     },
+    /// A `/mcp` tool call or resource read (relay/mcp.rs).
+    Mcp(Box<super::mcp::McpWait>),
     /// A cross-world `remote-request` from the world link `conn`: answered there as
     /// `remote-response` with the asking module's own requestId (relay-protocol.md §5.8).
     Remote {
@@ -41,6 +43,7 @@ impl Caller {
             Caller::Http { conn, .. }
             | Caller::WsApi { conn, .. }
             | Caller::Remote { conn, .. } => *conn,
+            Caller::Mcp(m) => m.conn,
         }
     }
 }
@@ -164,7 +167,7 @@ impl Pending {
     pub fn http_waiting_on(&self, link: ConnId) -> bool {
         self.by_id
             .values()
-            .any(|w| w.link == link && matches!(w.caller, Caller::Http { .. }))
+            .any(|w| w.link == link && matches!(w.caller, Caller::Http { .. } | Caller::Mcp(_)))
     }
 
     pub fn len(&self) -> usize {

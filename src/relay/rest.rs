@@ -88,6 +88,10 @@ impl Relay {
         if self.owner_route(conn, peer, head, &path, &body, now, out) {
             return;
         }
+        // The MCP endpoint (relay/mcp.rs) answers its own preflight.
+        if path == "/mcp" {
+            return self.mcp_request(conn, peer, head, body, now, out);
+        }
         if head.method == Method::Options {
             out.push(Action::Respond {
                 conn,
@@ -595,6 +599,7 @@ impl Relay {
                 client_request_id,
                 ws_type,
             } => self.deliver_ws_api_reply(conn, client_request_id, &ws_type, &w.world, text, out),
+            Caller::Mcp(m) => self.mcp_reply(*m, &text, out),
             Caller::Remote {
                 conn,
                 source_request_id,

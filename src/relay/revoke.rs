@@ -40,12 +40,15 @@ impl Relay {
         out: &mut Vec<Action>,
     ) {
         self.end_subscribers(|s| s.key_id.as_deref() == Some(id), reason, out);
+        // Its MCP sessions end too: their streams close and their subscriptions go.
+        self.mcp_end_sessions_of(id, out);
     }
 
     /// End every subscriber connection opened with the admin key or an admin session (both
     /// stop working when the key is rotated).
     pub(crate) fn drop_admin_subscribers(&mut self, out: &mut Vec<Action>) {
         self.end_subscribers(|s| s.key_id.is_none(), ADMIN_KEY_ROTATED, out);
+        self.mcp_end_sessions_of("", out);
     }
 
     /// End every subscriber connection that follows `world` (it was unpaired), and drop the
