@@ -248,7 +248,9 @@ options! {
         /// Longest trailer section after a chunked body; more is refused with 431.
         max_trailer_bytes: usize = size("8K"), "bytes";
         /// Time allowed for a request head to arrive once a connection or request starts
-        /// (slowloris guard); then 408 and close.
+        /// (slowloris guard); then 408 and close. A connection that has sent nothing since
+        /// it opened is closed without an answer (after this or --keepalive-timeout, if
+        /// shorter).
         head_timeout: Duration = duration("10s"), "time";
         /// Idle time allowed between keep-alive requests before the connection is closed.
         keepalive_timeout: Duration = duration("1m"), "time";

@@ -62,6 +62,10 @@ pub struct HttpPhase {
     head_started: Option<Instant>,
     /// When the connection last became idle between requests (keep-alive deadline).
     idle_since: Instant,
+    /// No request head has arrived yet. A connection that has sent nothing since its accept
+    /// is closed quietly after --head-timeout (or --keepalive-timeout, if shorter): one that
+    /// never speaks is a slowloris, not an idle keep-alive.
+    fresh: bool,
     /// Keep-alive, HEAD-ness and version of the request in flight, for its response.
     pub cur_keep_alive: bool,
     pub cur_head: bool,
@@ -198,8 +202,11 @@ impl Conn {
                 parser: HeadParser::new(),
                 body: None,
                 awaiting: false,
-                head_started: None,
+                // A new connection's first head must arrive within --head-timeout, as the
+                // option says: a silent connection is a slowloris too, not a keep-alive.
+                head_started: Some(now),
                 idle_since: now,
+                fresh: true,
                 cur_keep_alive: true,
                 cur_head: false,
                 cur_minor: 1,
@@ -386,7 +393,9 @@ impl Conn {
         }
         if h.body.is_none() {
             if self.inbuf.is_empty() {
-                h.head_started = None;
+                if !h.fresh {
+                    h.head_started = None;
+                }
                 return HttpStep::Idle;
             }
             if h.head_started.is_none() {
@@ -399,6 +408,7 @@ impl Conn {
                     self.inbuf.drain(..n);
                     h.parser.reset();
                     h.head_started = None;
+                    h.fresh = false;
                     match head.body {
                         BodyKind::None | BodyKind::Length(0) => {
                             h.awaiting = true;
@@ -724,6 +734,8 @@ impl Conn {
             Phase::Http(h) => {
                 if let Some(pb) = &h.body {
                     at(pb.started + cfg.request_body_timeout);
+                } else if let (true, Some(s)) = (h.fresh && self.inbuf.is_empty(), h.head_started) {
+                    at(s + cfg.head_timeout.min(cfg.keepalive_timeout));
                 } else if let Some(s) = h.head_started {
                     at(s + cfg.head_timeout);
                 } else if let Some(t) = self.stall_deadline(cfg) {
@@ -777,6 +789,11 @@ impl Conn {
                 if let Some(pb) = &h.body {
                     if now >= pb.started + cfg.request_body_timeout {
                         return Due::HeadTimeout;
+                    }
+                } else if let (true, Some(s)) = (h.fresh && self.inbuf.is_empty(), h.head_started) {
+                    // Not a byte since the accept: closed quietly, as an idle keep-alive is.
+                    if now >= s + cfg.head_timeout.min(cfg.keepalive_timeout) {
+                        return Due::Drop("no request since the connection opened");
                     }
                 } else if let Some(s) = h.head_started {
                     if now >= s + cfg.head_timeout {

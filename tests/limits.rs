@@ -238,6 +238,17 @@ fn slowloris_head_gets_408_and_close() {
         "trickle kept the head alive: {:?}",
         start.elapsed()
     );
+
+    // A connection that sends nothing at all: its first head is due within --head-timeout
+    // too (it was kept for the whole keep-alive time, 1 min by default).
+    let mut c = HttpConn::to(&relay);
+    let start = Instant::now();
+    assert!(c.wait_closed(secs(8)), "a silent connection was kept");
+    assert!(
+        start.elapsed() < secs(4),
+        "a silent connection waited out the keep-alive time: {:?}",
+        start.elapsed()
+    );
 }
 
 #[test]
