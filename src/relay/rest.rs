@@ -259,8 +259,12 @@ impl Relay {
     ) {
         let path = normalize_path(&head.path);
         let mut limit = self.cfg.max_json_body_bytes;
-        let table_route =
-            !(head.method == Method::Options || is_owner_path(path) || is_local_path(path));
+        // `/mcp` answers its own refusals (JSON-RPC errors, within --mcp-max-message; the
+        // body limit here is the JSON one).
+        let table_route = !(head.method == Method::Options
+            || is_owner_path(path)
+            || is_local_path(path)
+            || path == "/mcp");
         if table_route {
             let refusal = match self.routes.clone().find(head.method_raw.as_str(), path) {
                 Match::NotFound => Some(self.cors(Response::error(404, "Not found"))),
