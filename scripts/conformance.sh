@@ -48,6 +48,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 mkdir "$work/data"
+# Created here, not by the background job's redirection, which may not have run yet when the
+# loop below first reads it (a race seen on a loaded machine).
+: >"$work/stdout"
 "$bin" --listen 127.0.0.1:0 --test-echo --data-dir "$work/data" \
   >"$work/stdout" 2>"$work/stderr" &
 pid=$!

@@ -40,6 +40,9 @@ trap 'exit 130' INT TERM
 
 mkdir "$work/data"
 key="$("$bin" key create --name mcp-conformance --scopes all --data-dir "$work/data")"
+# The files the waits read exist before the background jobs' redirections run.
+: >"$work/stdout"
+: >"$work/proxy"
 "$bin" --listen 127.0.0.1:0 --data-dir "$work/data" >"$work/stdout" 2>"$work/stderr" &
 pids+=($!)
 
