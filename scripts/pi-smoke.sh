@@ -30,6 +30,7 @@ fail() {
     exit 1
 }
 
+: >"$work/stdout"  # exists before the background redirection runs (the wait below reads it)
 "$qemu" "$bin" --listen 127.0.0.1:0 --data-dir "$work/data" >"$work/stdout" 2>"$work/stderr" &
 pid=$!
 addr=
