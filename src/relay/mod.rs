@@ -69,7 +69,6 @@ impl Clock {
 
 /// What the relay knows about a connection it has seen.
 #[derive(Debug, Clone)]
-#[allow(dead_code)] // Api/Events/Sse are constructed by the events transports
 pub(crate) enum Role {
     /// A `/relay` socket waiting for its first `auth` message.
     ModuleAuth { meta: Box<Meta>, peer: IpAddr },
@@ -94,7 +93,6 @@ pub struct Relay {
     pub(crate) roles: HashMap<ConnId, Role>,
     /// `/ws/api` socket state (api_ws.rs).
     pub(crate) api: HashMap<ConnId, api_ws::ApiSocket>,
-    #[allow(dead_code)]
     pub(crate) hub: Hub,
     /// Counters for `/metrics` (metrics.rs).
     pub(crate) metrics: Metrics,
